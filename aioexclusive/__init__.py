@@ -1,0 +1,46 @@
+"""aioexclusive: asyncio event loops whose listening sockets nobody else can bind.
+
+    asyncio.run(main(), loop_factory=aioexclusive.new_event_loop)   # 3.12+
+    aioexclusive.run(main())                                        # any version
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from ._binding import bind_socket
+from ._errors import AddressInUseError, ExclusivityError, ExclusivityWarning
+from ._loops import ExclusiveLoopMixin, LoopOptions, exclusive_loop_class
+from ._plan import BindPlan, Role, current_platform, make_plan
+from .policy import new_event_loop, run
+
+if TYPE_CHECKING:
+    from .policy import ExclusiveEventLoopPolicy
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "AddressInUseError",
+    "BindPlan",
+    "ExclusiveEventLoopPolicy",
+    "ExclusiveLoopMixin",
+    "ExclusivityError",
+    "ExclusivityWarning",
+    "LoopOptions",
+    "Role",
+    "bind_socket",
+    "current_platform",
+    "exclusive_loop_class",
+    "make_plan",
+    "new_event_loop",
+    "run",
+]
+
+
+def __getattr__(name: str) -> Any:
+    # The policy class is built lazily: policies are deprecated from 3.14.
+    if name == "ExclusiveEventLoopPolicy":
+        from . import policy
+
+        return policy.ExclusiveEventLoopPolicy
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -1,0 +1,260 @@
+"""Create, configure and bind sockets according to the bind plan.
+
+The only module that calls ``bind``. Everything is all or nothing: when one
+address of several fails, every socket opened so far is closed before the error
+leaves, so a failed ``create_server`` leaks no file descriptor.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import warnings
+from collections.abc import Iterable, Sequence
+from typing import Any, Union
+
+from ._errors import AddressInUseError, ExclusivityError, ExclusivityWarning, InvalidPortError, is_address_in_use
+from ._plan import SO_EXCLUSIVEADDRUSE, SHARING_OPTIONS, BindPlan, Role, audit_socket_options, make_plan
+
+__all__ = [
+    "AddrInfo",
+    "apply_plan",
+    "audit_socket",
+    "bind_socket",
+    "check_port",
+    "clear_forbidden_options",
+    "hosts_of",
+    "open_bound_sockets",
+    "read_sharing_options",
+    "resolve",
+    "translate_bind_error",
+]
+
+AddrInfo = tuple[socket.AddressFamily, socket.SocketKind, int, str, Any]
+HostArg = Union[str, Sequence[str], None]
+
+_HAS_IPV6 = socket.has_ipv6 and hasattr(socket, "IPPROTO_IPV6")
+
+
+def check_port(port: object, name: str = "port") -> None:
+    """Reject what ``getaddrinfo``/``bind`` would turn into obscure errors (or none at all)."""
+    if port is None or isinstance(port, str):
+        return
+    if isinstance(port, bool) or not isinstance(port, int):
+        raise TypeError(f"{name} must be an int in 0-65535, a service name or None, got {port!r}")
+    if not 0 <= port <= 65535:
+        raise InvalidPortError(f"{name} must be 0-65535, got {port}")
+
+
+def hosts_of(host: object) -> list[str | None]:
+    """The hosts ``create_server`` binds: ``None``/``""`` mean every interface."""
+    if host is None or host == "":
+        return [None]
+    if isinstance(host, str):
+        return [host]
+    if isinstance(host, (bytes, bytearray)) or not isinstance(host, Iterable):
+        raise TypeError(f"host must be a str, a sequence of str or None, got {host!r}")
+    hosts: list[str | None] = []
+    for item in host:
+        if not isinstance(item, str):
+            raise TypeError(f"every host in the sequence must be a str, got {item!r}")
+        hosts.append(item or None)
+    if not hosts:
+        raise ValueError("host is an empty sequence; pass None to listen on every interface")
+    return hosts
+
+
+async def resolve(
+    loop: asyncio.AbstractEventLoop,
+    host: str | None,
+    port: object,
+    *,
+    family: int = 0,
+    type: int = socket.SOCK_STREAM,
+    proto: int = 0,
+    flags: int = 0,
+) -> list[AddrInfo]:
+    """``getaddrinfo`` for one host, synchronously when no DNS is involved.
+
+    A numeric address (or ``None``, the wildcard) resolves without touching the
+    network, so it skips the executor round trip exactly as asyncio's own fast
+    path does; a name goes through ``loop.getaddrinfo``.
+    """
+    try:
+        infos = socket.getaddrinfo(host, port, family, type, proto, flags | socket.AI_NUMERICHOST)
+    except socket.gaierror as exc:
+        if exc.errno != socket.EAI_NONAME or host is None:
+            raise
+        infos = await loop.getaddrinfo(host, port, family=family, type=type, proto=proto, flags=flags)
+    if not infos:
+        raise OSError(f"getaddrinfo({host!r}) returned empty list")
+    return infos  # type: ignore[return-value]
+
+
+def _option(name: str) -> int | None:
+    return getattr(socket, name, None)
+
+
+def read_sharing_options(sock: Any) -> dict[str, int]:
+    """The sharing options this platform has, as set on *sock* (a socket or a transport's pseudo-socket)."""
+    values = {}
+    for name in SHARING_OPTIONS:
+        const = _option(name)
+        if const is not None:
+            values[name] = sock.getsockopt(socket.SOL_SOCKET, const)
+    return values
+
+
+def apply_plan(sock: socket.socket, plan: BindPlan, *, strict: bool = False, address: object = None) -> None:
+    """Set the plan's options on a socket that is not bound yet."""
+    for name, value in plan.set:
+        const = _option(name)
+        if const is None:
+            if name == "SO_REUSEPORT":
+                raise ValueError("reuse_port not supported by socket module")
+            raise ExclusivityError(f"{name} is not available on this system, so the plan for {plan.platform} cannot apply")
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, const, value)
+        except OSError as exc:
+            if name != SO_EXCLUSIVEADDRUSE:
+                raise
+            # Windows before Server 2003 SP1 wanted administrator rights for this.
+            # A server that cannot start is worse than an unprotected one, unless
+            # the user said otherwise.
+            message = (
+                f"could not set SO_EXCLUSIVEADDRUSE on the socket for {address}: {exc}; "
+                "the port is NOT protected against takeover (pass strict=True to refuse instead)"
+            )
+            if strict:
+                raise ExclusivityError(message) from exc
+            warnings.warn(message, ExclusivityWarning, stacklevel=4)
+
+
+def audit_socket(sock: Any, plan: BindPlan) -> None:
+    """Refuse a caller's socket that is shareable under *plan*."""
+    try:
+        address = sock.getsockname()
+    except OSError:
+        address = None
+    audit_socket_options(plan, read_sharing_options(sock), address=address)
+
+
+def clear_forbidden_options(sock: Any, plan: BindPlan) -> list[str]:
+    """Switch off any option the plan forbids that a base loop turned on; return their names."""
+    cleared = []
+    for name, value in read_sharing_options(sock).items():
+        if value and name in plan.never:
+            sock.setsockopt(socket.SOL_SOCKET, _option(name), 0)
+            cleared.append(name)
+    return cleared
+
+
+def _host_port(sockaddr: Any) -> tuple[str, int | None]:
+    if isinstance(sockaddr, tuple) and len(sockaddr) >= 2:
+        return str(sockaddr[0]), int(sockaddr[1])
+    return str(sockaddr), None
+
+
+def translate_bind_error(exc: OSError, role: Role, sockaddr: Any) -> OSError:
+    """The exception a failed bind (or listen) should surface as.
+
+    "Address in use" becomes `AddressInUseError`; anything else keeps the
+    stdlib's wording, so messages match what asyncio users already know.
+    """
+    host, port = _host_port(sockaddr)
+    if is_address_in_use(exc):
+        return AddressInUseError(role.protocol, host, port, exc)
+    msg = f"error while attempting to bind on address {sockaddr!r}: {(exc.strerror or str(exc)).lower()}"
+    return OSError(exc.errno, msg)
+
+
+def open_bound_sockets(
+    infos: Iterable[AddrInfo],
+    plan: BindPlan,
+    *,
+    backlog: int | None,
+    keep_alive: bool = False,
+    dualstack_ipv6: bool = False,
+    strict: bool = False,
+) -> list[socket.socket]:
+    """One configured, bound socket per address; listening at once if *backlog* is set.
+
+    All or nothing: on any failure every socket made here is closed.
+    """
+    sockets: list[socket.socket] = []
+    try:
+        for family, type_, proto, _, sockaddr in infos:
+            try:
+                sock = socket.socket(family, type_, proto)
+            except OSError:
+                # Same as asyncio: a family/type/protocol the host cannot make
+                # (IPv6 disabled in the kernel, say) is skipped, not fatal.
+                continue
+            sockets.append(sock)
+            apply_plan(sock, plan, strict=strict, address=sockaddr)
+            if keep_alive:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+            if _HAS_IPV6 and family == socket.AF_INET6:
+                # Linux listens on both families through one IPv6 socket by
+                # default; asyncio turns that off and so do we, so each family
+                # gets its own socket and its own plan.
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0 if dualstack_ipv6 else 1)
+            try:
+                sock.bind(sockaddr)
+                if backlog is not None:
+                    # Listen straight away: on Linux two SO_REUSEADDR sockets can
+                    # both be bound until one listens, and the first to listen wins.
+                    sock.listen(backlog)
+            except OSError as exc:
+                raise translate_bind_error(exc, plan.role, sockaddr) from exc
+            sock.setblocking(False)
+        return sockets
+    except BaseException:
+        for sock in sockets:
+            sock.close()
+        raise
+
+
+def bind_socket(
+    address: tuple[Any, ...] | tuple[str | None, int],
+    *,
+    type: int = socket.SOCK_STREAM,
+    family: int = socket.AF_UNSPEC,
+    backlog: int | None = None,
+    dualstack_ipv6: bool = False,
+    reuse_port: bool = False,
+    allow_reuse_port: bool = False,
+    strict: bool = False,
+) -> socket.socket:
+    """One exclusive, bound socket, like `socket.create_server` but by the bind plan.
+
+    ``type=socket.SOCK_STREAM`` (default) gives a listening TCP socket,
+    ``socket.SOCK_DGRAM`` a bound UDP socket. The host is resolved with
+    ``getaddrinfo`` and the first address is used (``None`` or ``""``: the IPv4
+    wildcard, or the IPv6 one with ``family=AF_INET6``/``dualstack_ipv6=True``).
+    The socket is blocking, as `socket.create_server` returns it; hand it to
+    any loop, server or framework that takes a ``sock=``.
+    """
+    if not isinstance(address, tuple) or len(address) < 2:
+        raise TypeError(f"address must be a (host, port) tuple, got {address!r}")
+    host, port = address[0], address[1]
+    check_port(port)
+    if type not in (socket.SOCK_STREAM, socket.SOCK_DGRAM):
+        raise ValueError(f"type must be socket.SOCK_STREAM or socket.SOCK_DGRAM, got {type!r}")
+    if dualstack_ipv6:
+        if not socket.has_dualstack_ipv6():
+            raise ValueError("dualstack_ipv6 not supported on this platform")
+        family = socket.AF_INET6
+    elif family == socket.AF_UNSPEC and host in (None, ""):
+        family = socket.AF_INET
+    role = Role.TCP_LISTENER if type == socket.SOCK_STREAM else Role.UDP_UNICAST
+    plan = make_plan(role, reuse_port=reuse_port, allow_reuse_port=allow_reuse_port, address=address)
+    infos = socket.getaddrinfo(host or None, port, family, type, 0, socket.AI_PASSIVE)
+    if not infos:
+        raise OSError(f"getaddrinfo({host!r}) returned empty list")
+    listen_backlog = (backlog if backlog is not None else min(socket.SOMAXCONN, 128)) if role is Role.TCP_LISTENER else None
+    (sock,) = open_bound_sockets(
+        infos[:1], plan, backlog=listen_backlog, dualstack_ipv6=dualstack_ipv6, strict=strict
+    )
+    sock.setblocking(True)
+    return sock

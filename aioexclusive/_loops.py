@@ -1,0 +1,495 @@
+"""The exclusive loop: one mixin over any base loop class.
+
+The mixin binds every listening socket itself, by the bind plan, and hands the
+bound sockets to the base loop's own ``sock=`` path, so the stdlib loops, uvloop
+and winloop all serve through their unchanged, native code. Where a base loop
+changes a socket it adopts (libuv's ``uv_udp_open`` turns ``SO_REUSEADDR`` back
+on), the mixin avoids or undoes that, as commented at each place.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import sys
+from dataclasses import dataclass, fields
+from typing import Any, Callable, ClassVar
+
+from ._binding import (
+    audit_socket,
+    check_port,
+    clear_forbidden_options,
+    hosts_of,
+    open_bound_sockets,
+    resolve,
+    translate_bind_error,
+)
+from ._errors import is_address_in_use
+from ._plan import SO_REUSEPORT, BindPlan, Role, make_plan
+from ._server import MultiServer
+
+__all__ = ["ExclusiveLoopMixin", "LoopOptions", "exclusive_loop_class", "resolve_base"]
+
+_UNSET: Any = object()
+
+# Keyword arguments that appeared in later Pythons: passing one to an older
+# Python's loop is a TypeError there, so it is one here too.
+_ADDED_IN = {
+    "ssl_shutdown_timeout": (3, 11),
+    "keep_alive": (3, 13),
+}
+# create_datagram_endpoint(reuse_address=...) was removed in 3.13.
+_DATAGRAM_REUSE_ADDRESS_UNTIL = (3, 13)
+
+
+def _reject_unknown_kwargs(method: str, **given: Any) -> None:
+    for name, value in given.items():
+        if value is not _UNSET and sys.version_info < _ADDED_IN[name]:
+            raise TypeError(f"{method}() got an unexpected keyword argument {name!r}")
+
+
+@dataclass(frozen=True)
+class LoopOptions:
+    """How an exclusive loop treats requests to share a port.
+
+    Attributes:
+        allow_reuse_port: honour ``reuse_port=True``. This lets other processes
+            of the same user bind the same port and take a share of its
+            connections or datagrams; only for pre-fork servers that want it.
+        strict: on Windows, refuse to serve when ``SO_EXCLUSIVEADDRUSE`` cannot
+            be set, instead of warning and serving unprotected.
+    """
+
+    allow_reuse_port: bool = False
+    strict: bool = False
+
+    @classmethod
+    def from_kwargs(cls, caller: str, options: dict[str, Any]) -> LoopOptions:
+        known = {f.name for f in fields(cls)}
+        for name, value in options.items():
+            if name not in known:
+                raise TypeError(
+                    f"{caller}() got an unexpected option {name!r}; the options are: {', '.join(sorted(known))}"
+                )
+            if not isinstance(value, bool):
+                raise TypeError(f"{caller}() option {name} must be True or False, got {value!r}")
+        return cls(**options)
+
+
+def _dgram_family(sock: Any) -> int:
+    return int(getattr(sock, "family", 0))
+
+
+class ExclusiveLoopMixin:
+    """Overrides the listening paths of an asyncio event loop; see the module docstring.
+
+    Mixed in *before* the base loop class, so ``super()`` reaches the base loop.
+    """
+
+    _exclusive_options: ClassVar[LoopOptions] = LoopOptions()
+
+    @property
+    def exclusive_options(self) -> LoopOptions:
+        """The `LoopOptions` this loop was built with."""
+        return self._exclusive_options
+
+    def _plan(self, role: Role, **request: Any) -> BindPlan:
+        return make_plan(role, allow_reuse_port=self._exclusive_options.allow_reuse_port, **request)
+
+    # -- TCP servers ---------------------------------------------------------
+
+    async def create_server(
+        self,
+        protocol_factory: Callable[[], asyncio.BaseProtocol],
+        host: Any = None,
+        port: Any = None,
+        *,
+        family: int = socket.AF_UNSPEC,
+        flags: int = socket.AI_PASSIVE,
+        sock: Any = None,
+        backlog: int = 100,
+        ssl: Any = None,
+        reuse_address: bool | None = None,
+        reuse_port: bool | None = None,
+        keep_alive: Any = _UNSET,
+        ssl_handshake_timeout: float | None = None,
+        ssl_shutdown_timeout: Any = _UNSET,
+        start_serving: bool = True,
+    ) -> asyncio.AbstractServer:
+        """Like `asyncio.loop.create_server`, with every socket bound exclusively.
+
+        ``reuse_port=True`` raises `ExclusivityError` unless the loop was built
+        with ``allow_reuse_port=True``; ``reuse_address=True`` does on Windows.
+        Each socket listens as soon as it is bound, so with
+        ``start_serving=False`` the port is already reserved and connections
+        wait in the backlog until `start_serving`.
+        """
+        _reject_unknown_kwargs("create_server", keep_alive=keep_alive, ssl_shutdown_timeout=ssl_shutdown_timeout)
+        if isinstance(ssl, bool):
+            raise TypeError("ssl argument must be an SSLContext or None")
+        if ssl_handshake_timeout is not None and ssl is None:
+            raise ValueError("ssl_handshake_timeout is only meaningful with ssl")
+        if ssl_shutdown_timeout not in (None, _UNSET) and ssl is None:
+            raise ValueError("ssl_shutdown_timeout is only meaningful with ssl")
+        tls: dict[str, Any] = {"ssl": ssl, "ssl_handshake_timeout": ssl_handshake_timeout}
+        if ssl_shutdown_timeout is not _UNSET:
+            tls["ssl_shutdown_timeout"] = ssl_shutdown_timeout
+        base_create_server = super().create_server  # type: ignore[misc]
+
+        if sock is not None:
+            if host is not None or port is not None:
+                raise ValueError("host/port and sock can not be specified at the same time")
+            if getattr(sock, "type", None) == socket.SOCK_STREAM and _dgram_family(sock) in (
+                socket.AF_INET,
+                socket.AF_INET6,
+            ):
+                audit_socket(sock, self._plan(Role.TCP_LISTENER, reuse_port=reuse_port, address=None))
+            server: asyncio.AbstractServer = await base_create_server(
+                protocol_factory, sock=sock, backlog=backlog, start_serving=start_serving, **tls
+            )
+            return server
+
+        self._exclusive_check_open()
+        check_port(port)
+        plan = self._plan(Role.TCP_LISTENER, reuse_address=reuse_address, reuse_port=reuse_port, address=host)
+        hosts = hosts_of(host)
+        if len(hosts) == 1:
+            found = [await resolve(self, hosts[0], port, family=family, flags=flags)]  # type: ignore[arg-type]
+        else:
+            found = await asyncio.gather(
+                *(resolve(self, h, port, family=family, flags=flags) for h in hosts)  # type: ignore[arg-type]
+            )
+        # asyncio dedupes with a set; keep first-seen order so sockets are stable.
+        infos = list(dict.fromkeys(info for group in found for info in group))
+        sockets = open_bound_sockets(
+            infos,
+            plan,
+            backlog=backlog,
+            keep_alive=bool(keep_alive) and keep_alive is not _UNSET,
+            strict=self._exclusive_options.strict,
+        )
+        servers: list[asyncio.AbstractServer] = []
+        try:
+            for bound in sockets:
+                servers.append(
+                    await base_create_server(
+                        protocol_factory, sock=bound, backlog=backlog, start_serving=start_serving, **tls
+                    )
+                )
+        except BaseException:
+            for started in servers:
+                started.close()
+            for bound in sockets[len(servers) :]:
+                bound.close()
+            raise
+        if len(servers) == 1:
+            return servers[0]
+        return MultiServer(self, servers)  # type: ignore[arg-type]
+
+    # -- UDP -----------------------------------------------------------------
+
+    async def create_datagram_endpoint(
+        self,
+        protocol_factory: Callable[[], asyncio.BaseProtocol],
+        local_addr: Any = None,
+        remote_addr: Any = None,
+        *,
+        family: int = 0,
+        proto: int = 0,
+        flags: int = 0,
+        reuse_address: Any = _UNSET,
+        reuse_port: bool | None = None,
+        allow_broadcast: bool | None = None,
+        sock: Any = None,
+    ) -> tuple[asyncio.BaseTransport, asyncio.BaseProtocol]:
+        """Like `asyncio.loop.create_datagram_endpoint`, never sharing the port.
+
+        ``reuse_port=True`` (unless the loop allows it) and
+        ``reuse_address=True`` raise `ExclusivityError`; a ``sock=`` with
+        ``SO_REUSEPORT``, or ``SO_REUSEADDR``, is refused the same way.
+        """
+        if reuse_address is not _UNSET and sys.version_info >= _DATAGRAM_REUSE_ADDRESS_UNTIL:
+            raise TypeError("create_datagram_endpoint() got an unexpected keyword argument 'reuse_address'")
+        base_create = super().create_datagram_endpoint  # type: ignore[misc]
+        inet = (socket.AF_INET, socket.AF_INET6)
+        is_unix = family == getattr(socket, "AF_UNIX", None) or (
+            sock is not None and _dgram_family(sock) not in inet
+        )
+        extra = {} if reuse_address is _UNSET else {"reuse_address": reuse_address}
+        plan = self._plan(
+            Role.UDP_UNICAST, reuse_address=reuse_address is True, reuse_port=reuse_port, address=local_addr
+        )
+
+        if sock is not None:
+            if not is_unix and getattr(sock, "type", None) == socket.SOCK_DGRAM:
+                audit_socket(sock, plan)
+            result = await base_create(
+                protocol_factory,
+                local_addr,
+                remote_addr,
+                family=family,
+                proto=proto,
+                flags=flags,
+                reuse_port=reuse_port,
+                allow_broadcast=allow_broadcast,
+                sock=sock,
+                **extra,
+            )
+            if not is_unix:
+                self._exclusive_after_adoption(result[0], plan)
+            return result  # type: ignore[no-any-return]
+
+        if is_unix:
+            return await base_create(  # type: ignore[no-any-return]
+                protocol_factory, local_addr, remote_addr, family=family, proto=proto, flags=flags,
+                reuse_port=reuse_port, allow_broadcast=allow_broadcast, **extra,
+            )
+        self._exclusive_check_open()
+        for name, addr in (("local_addr", local_addr), ("remote_addr", remote_addr)):
+            if addr is not None:
+                if not (isinstance(addr, tuple) and len(addr) == 2):
+                    raise TypeError(f"{name} must be a (host, port) tuple, got {addr!r}")
+                check_port(addr[1], f"{name} port")
+
+        if any(name != SO_REUSEPORT for name, _ in plan.set):
+            return await self._exclusive_datagram_from_own_socket(
+                protocol_factory, plan, local_addr, remote_addr, family, proto, flags, bool(allow_broadcast)
+            )
+        # The plan sets nothing before bind here (POSIX unicast), which is
+        # exactly how every base loop binds UDP on its own; letting it bind
+        # avoids handing libuv a bound socket, which uv_udp_open would make
+        # shareable (SO_REUSEADDR) for as long as it takes us to notice.
+        try:
+            transport, protocol = await base_create(
+                protocol_factory,
+                local_addr,
+                remote_addr,
+                family=family,
+                proto=proto,
+                flags=flags,
+                reuse_port=reuse_port,
+                allow_broadcast=allow_broadcast,
+                **{k: v for k, v in extra.items() if v is not True},
+            )
+        except OSError as exc:
+            cause = exc if is_address_in_use(exc) else exc.__cause__ or exc.__context__
+            if isinstance(cause, OSError) and is_address_in_use(cause):
+                raise translate_bind_error(cause, Role.UDP_UNICAST, local_addr) from exc
+            raise
+        self._exclusive_after_adoption(transport, plan)
+        return transport, protocol
+
+    async def _exclusive_datagram_from_own_socket(
+        self,
+        protocol_factory: Callable[[], asyncio.BaseProtocol],
+        plan: BindPlan,
+        local_addr: Any,
+        remote_addr: Any,
+        family: int,
+        proto: int,
+        flags: int,
+        allow_broadcast: bool,
+    ) -> tuple[asyncio.BaseTransport, asyncio.BaseProtocol]:
+        """Bind a UDP socket ourselves (the plan sets options before bind) and adopt it.
+
+        Resolution mirrors asyncio: local and remote addresses are paired by
+        (family, protocol) and the first pair that binds and connects wins.
+        """
+        pairs: dict[tuple[int, int], list[Any]] = {}
+        for index, addr in ((0, local_addr), (1, remote_addr)):
+            if addr is None:
+                continue
+            for fam, _, pro, _, sockaddr in await resolve(
+                self, addr[0], addr[1], family=family, type=socket.SOCK_DGRAM, proto=proto, flags=flags
+            ):
+                pairs.setdefault((fam, pro), [None, None])[index] = sockaddr
+        candidates = [
+            (key, pair)
+            for key, pair in pairs.items()
+            if not ((local_addr is not None and pair[0] is None) or (remote_addr is not None and pair[1] is None))
+        ]
+        if local_addr is None and remote_addr is None:
+            if family == 0:
+                raise ValueError("unexpected address family")
+            candidates = [((family, proto), [None, None])]
+        if not candidates:
+            raise ValueError("can not get address information")
+        errors: list[OSError] = []
+        for (fam, pro), (local, remote) in candidates:
+            infos = [(socket.AddressFamily(fam), socket.SOCK_DGRAM, pro, "", local)] if local is not None else []
+            try:
+                if infos:
+                    (sock,) = open_bound_sockets(infos, plan, backlog=None, strict=self._exclusive_options.strict)
+                else:
+                    sock = socket.socket(fam, socket.SOCK_DGRAM, pro)
+                    sock.setblocking(False)
+            except OSError as exc:
+                errors.append(exc)
+                continue
+            try:
+                if allow_broadcast:
+                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_BROADCAST, 1)
+                if remote is not None:
+                    await self.sock_connect(sock, remote)  # type: ignore[attr-defined]
+            except OSError as exc:
+                sock.close()
+                errors.append(exc)
+                continue
+            except BaseException:
+                sock.close()
+                raise
+            break
+        else:
+            raise errors[0]
+        try:
+            transport, protocol = await super().create_datagram_endpoint(  # type: ignore[misc]
+                protocol_factory, sock=sock
+            )
+        except BaseException:
+            sock.close()
+            raise
+        self._exclusive_after_adoption(transport, plan)
+        return transport, protocol
+
+    def _exclusive_after_adoption(self, transport: asyncio.BaseTransport, plan: BindPlan) -> None:
+        # libuv's uv_udp_open sets SO_REUSEADDR (Linux) / SO_REUSEPORT (BSD) on
+        # every socket it adopts. Our own binds never go through it on POSIX
+        # (see create_datagram_endpoint); a caller's sock= does, and this is
+        # where it is made exclusive again.
+        sock = transport.get_extra_info("socket")
+        if sock is not None:
+            clear_forbidden_options(sock, plan)
+
+    # -- clients with a fixed local port --------------------------------------
+
+    async def create_connection(
+        self, protocol_factory: Callable[[], asyncio.BaseProtocol], host: Any = None, port: Any = None, **kwargs: Any
+    ) -> tuple[asyncio.BaseTransport, asyncio.BaseProtocol]:
+        """Like `asyncio.loop.create_connection`; a fixed ``local_addr`` port is bound exclusively."""
+        local_addr = kwargs.get("local_addr")
+        base_connect = super().create_connection  # type: ignore[misc]
+        if local_addr is None or kwargs.get("sock") is not None:
+            return await base_connect(protocol_factory, host, port, **kwargs)  # type: ignore[no-any-return]
+        if not (isinstance(local_addr, tuple) and len(local_addr) == 2):
+            raise TypeError(f"local_addr must be a (host, port) tuple, got {local_addr!r}")
+        check_port(local_addr[1], "local_addr port")
+        plan = self._plan(Role.FIXED_PORT_CLIENT, address=local_addr)
+        if not local_addr[1] or not plan.set:
+            # An ephemeral port is the kernel's to pick, and on POSIX the plan
+            # only forbids SO_REUSEPORT, which no base loop sets on a client.
+            return await base_connect(protocol_factory, host, port, **kwargs)  # type: ignore[no-any-return]
+        sock = await self._exclusive_connect_from_fixed_port(plan, host, port, local_addr, kwargs)
+        passed = {k: v for k, v in kwargs.items() if k in ("ssl", "ssl_handshake_timeout", "ssl_shutdown_timeout")}
+        if passed.get("ssl"):
+            passed["server_hostname"] = kwargs.get("server_hostname") or host
+        try:
+            return await base_connect(protocol_factory, sock=sock, **passed)  # type: ignore[no-any-return]
+        except BaseException:
+            sock.close()
+            raise
+
+    async def _exclusive_connect_from_fixed_port(
+        self, plan: BindPlan, host: Any, port: Any, local_addr: Any, kwargs: dict[str, Any]
+    ) -> socket.socket:
+        family, proto, flags = kwargs.get("family", 0), kwargs.get("proto", 0), kwargs.get("flags", 0)
+        remotes = await resolve(self, host, port, family=family, proto=proto, flags=flags)
+        locals_ = await resolve(self, local_addr[0], local_addr[1], family=family, proto=proto, flags=flags)
+        errors: list[OSError] = []
+        for remote in remotes:
+            for local in locals_:
+                if local[0] != remote[0]:
+                    continue
+                try:
+                    (sock,) = open_bound_sockets([local], plan, backlog=None, strict=self._exclusive_options.strict)
+                except OSError as exc:
+                    errors.append(exc)
+                    continue
+                try:
+                    await self.sock_connect(sock, remote[4])  # type: ignore[attr-defined]
+                except OSError as exc:
+                    sock.close()
+                    errors.append(exc)
+                    continue
+                except BaseException:
+                    sock.close()
+                    raise
+                return sock
+        if not errors:
+            raise OSError(f"no matching local address with family={remotes[0][0]!r} found")
+        raise errors[0]
+
+    def _exclusive_check_open(self) -> None:
+        if self.is_closed():  # type: ignore[attr-defined]
+            raise RuntimeError("Event loop is closed")
+
+
+# -- building loop classes ------------------------------------------------------
+
+_CLASSES: dict[type, type] = {}
+
+
+def _uvloop() -> type:
+    try:
+        import uvloop
+    except ImportError as exc:
+        raise ImportError("base='uvloop' needs uvloop: pip install 'aioexclusive[uvloop]'") from exc
+    return uvloop.Loop  # type: ignore[no-any-return]
+
+
+def _winloop() -> type:
+    try:
+        import winloop  # type: ignore[import-not-found]
+    except ImportError as exc:
+        raise ImportError("base='winloop' needs winloop (Windows only): pip install 'aioexclusive[winloop]'") from exc
+    return winloop.Loop  # type: ignore[no-any-return]
+
+
+def _stdlib_default() -> type:
+    # What asyncio.new_event_loop() builds: Proactor on Windows, Selector elsewhere.
+    if sys.platform == "win32":
+        return asyncio.ProactorEventLoop  # type: ignore[attr-defined,no-any-return]
+    return asyncio.SelectorEventLoop
+
+
+_NAMED_BASES: dict[str, Callable[[], type]] = {
+    "asyncio": _stdlib_default,
+    "selector": lambda: asyncio.SelectorEventLoop,
+    "proactor": lambda: asyncio.ProactorEventLoop,  # type: ignore[attr-defined]
+    "uvloop": _uvloop,
+    "winloop": _winloop,
+}
+
+
+def resolve_base(base: str | type | None) -> type:
+    """The loop class named by *base* (see `aioexclusive.new_event_loop`)."""
+    if base is None:
+        return _stdlib_default()
+    if isinstance(base, str):
+        try:
+            factory = _NAMED_BASES[base]
+        except KeyError:
+            raise ValueError(
+                f"base must be one of {', '.join(map(repr, _NAMED_BASES))}, a loop class or None, got {base!r}"
+            ) from None
+        try:
+            return factory()
+        except AttributeError:
+            raise ValueError(f"base={base!r} does not exist on {sys.platform}") from None
+    if isinstance(base, type) and issubclass(base, asyncio.AbstractEventLoop):
+        return base
+    raise TypeError(f"base must be a loop class (a subclass of asyncio.AbstractEventLoop), a name or None, got {base!r}")
+
+
+def exclusive_loop_class(base: type) -> type:
+    """The exclusive subclass of a loop class, made once per base."""
+    if issubclass(base, ExclusiveLoopMixin):
+        return base
+    cls = _CLASSES.get(base)
+    if cls is None:
+        attrs = {
+            "__module__": __name__,
+            "__doc__": f"{base.__module__}.{base.__qualname__} with every listening socket bound exclusively.",
+        }
+        cls = type(f"Exclusive{base.__name__.lstrip('_')}", (ExclusiveLoopMixin, base), attrs)
+        _CLASSES[base] = cls
+    return cls
