@@ -143,7 +143,9 @@ class ExclusiveLoopMixin:
                 socket.AF_INET,
                 socket.AF_INET6,
             ):
-                audit_socket(sock, self._plan(Role.TCP_LISTENER, reuse_port=reuse_port, address=None))
+                # With allow_reuse_port the caller may hand over a socket it shares on purpose.
+                shared_ok = reuse_port or self._exclusive_options.allow_reuse_port
+                audit_socket(sock, self._plan(Role.TCP_LISTENER, reuse_port=shared_ok))
             server: asyncio.AbstractServer = await base_create_server(
                 protocol_factory, sock=sock, backlog=backlog, start_serving=start_serving, **tls
             )
@@ -221,6 +223,8 @@ class ExclusiveLoopMixin:
         )
 
         if sock is not None:
+            # With allow_reuse_port the caller may hand over a socket it shares on purpose.
+            plan = self._plan(Role.UDP_UNICAST, reuse_port=self._exclusive_options.allow_reuse_port)
             if not is_unix and getattr(sock, "type", None) == socket.SOCK_DGRAM:
                 audit_socket(sock, plan)
             result = await base_create(

@@ -49,6 +49,10 @@ def run(
 ) -> _T:
     """Run *main* on a new exclusive loop, like `asyncio.run`, on every supported Python."""
     LoopOptions.from_kwargs("run", options)
+    # Check before a loop exists: asyncio.Runner would build one, then fail
+    # while closing it and hide this message behind another.
+    if asyncio.events._get_running_loop() is not None:
+        raise RuntimeError("aioexclusive.run() cannot be called from a running event loop")
     factory = functools.partial(new_event_loop, base, **options)
     if sys.version_info >= (3, 11):
         with asyncio.Runner(debug=debug, loop_factory=factory) as runner:
