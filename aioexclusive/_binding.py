@@ -7,23 +7,25 @@ leaves, so a failed ``create_server`` leaks no file descriptor.
 
 from __future__ import annotations
 
-import asyncio
 import socket
 import warnings
 from collections.abc import Iterable, Sequence
 from typing import Any, Union
 
 from ._errors import AddressInUseError, ExclusivityError, ExclusivityWarning, InvalidPortError, is_address_in_use
-from ._plan import SO_EXCLUSIVEADDRUSE, SHARING_OPTIONS, BindPlan, Role, audit_socket_options, make_plan
+from ._plan import SHARING_OPTIONS, SO_EXCLUSIVEADDRUSE, BindPlan, Role, audit_socket_options, make_plan
 
 __all__ = [
     "AddrInfo",
     "apply_plan",
     "audit_socket",
+    "bind_now",
     "bind_socket",
     "check_port",
     "clear_forbidden_options",
+    "configure_socket",
     "hosts_of",
+    "new_socket",
     "open_bound_sockets",
     "read_sharing_options",
     "resolve",
@@ -65,9 +67,9 @@ def hosts_of(host: object) -> list[str | None]:
 
 
 async def resolve(
-    loop: asyncio.AbstractEventLoop,
+    loop: Any,
     host: str | None,
-    port: object,
+    port: Any,
     *,
     family: int = 0,
     type: int = socket.SOCK_STREAM,
@@ -168,6 +170,57 @@ def translate_bind_error(exc: OSError, role: Role, sockaddr: Any) -> OSError:
     return OSError(exc.errno, msg)
 
 
+def new_socket(
+    family: int,
+    type: int,
+    proto: int,
+    plan: BindPlan,
+    *,
+    strict: bool = False,
+    address: object = None,
+    listener_v6only: bool | None = None,
+) -> socket.socket:
+    """A non-blocking socket with the plan's options set, not bound yet."""
+    return configure_socket(
+        socket.socket(family, type, proto), plan, strict=strict, address=address, listener_v6only=listener_v6only
+    )
+
+
+def configure_socket(
+    sock: socket.socket,
+    plan: BindPlan,
+    *,
+    strict: bool = False,
+    address: object = None,
+    listener_v6only: bool | None = None,
+) -> socket.socket:
+    """Apply the plan to a fresh socket (closed again if that fails)."""
+    try:
+        apply_plan(sock, plan, strict=strict, address=address)
+        if listener_v6only is not None and _HAS_IPV6 and sock.family == socket.AF_INET6:
+            # Linux listens on both families through one IPv6 socket by default;
+            # asyncio turns that off for listeners and so do we, so each family
+            # gets its own socket and its own plan.
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, int(listener_v6only))
+        sock.setblocking(False)
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
+def bind_now(sock: socket.socket, sockaddr: Any, role: Role, *, backlog: int | None = None) -> None:
+    """Bind (and listen, given a *backlog*), with errors as `translate_bind_error` words them."""
+    try:
+        sock.bind(sockaddr)
+        if backlog is not None:
+            # Listen straight away: on Linux two SO_REUSEADDR sockets can both be
+            # bound until one listens, and the first to listen wins.
+            sock.listen(backlog)
+    except OSError as exc:
+        raise translate_bind_error(exc, role, sockaddr) from exc
+
+
 def open_bound_sockets(
     infos: Iterable[AddrInfo],
     plan: BindPlan,
@@ -177,7 +230,7 @@ def open_bound_sockets(
     dualstack_ipv6: bool = False,
     strict: bool = False,
 ) -> list[socket.socket]:
-    """One configured, bound socket per address; listening at once if *backlog* is set.
+    """One configured, bound, listening socket per address.
 
     All or nothing: on any failure every socket made here is closed.
     """
@@ -191,23 +244,10 @@ def open_bound_sockets(
                 # (IPv6 disabled in the kernel, say) is skipped, not fatal.
                 continue
             sockets.append(sock)
-            apply_plan(sock, plan, strict=strict, address=sockaddr)
+            configure_socket(sock, plan, strict=strict, address=sockaddr, listener_v6only=not dualstack_ipv6)
             if keep_alive:
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
-            if _HAS_IPV6 and family == socket.AF_INET6:
-                # Linux listens on both families through one IPv6 socket by
-                # default; asyncio turns that off and so do we, so each family
-                # gets its own socket and its own plan.
-                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0 if dualstack_ipv6 else 1)
-            try:
-                sock.bind(sockaddr)
-                if backlog is not None:
-                    # Listen straight away: on Linux two SO_REUSEADDR sockets can
-                    # both be bound until one listens, and the first to listen wins.
-                    sock.listen(backlog)
-            except OSError as exc:
-                raise translate_bind_error(exc, plan.role, sockaddr) from exc
-            sock.setblocking(False)
+            bind_now(sock, sockaddr, plan.role, backlog=backlog)
         return sockets
     except BaseException:
         for sock in sockets:
@@ -252,9 +292,16 @@ def bind_socket(
     infos = socket.getaddrinfo(host or None, port, family, type, 0, socket.AI_PASSIVE)
     if not infos:
         raise OSError(f"getaddrinfo({host!r}) returned empty list")
-    listen_backlog = (backlog if backlog is not None else min(socket.SOMAXCONN, 128)) if role is Role.TCP_LISTENER else None
-    (sock,) = open_bound_sockets(
-        infos[:1], plan, backlog=listen_backlog, dualstack_ipv6=dualstack_ipv6, strict=strict
+    family_, type_, proto, _, sockaddr = infos[0]
+    listener = role is Role.TCP_LISTENER
+    sock = new_socket(
+        family_, type_, proto, plan, strict=strict, address=sockaddr,
+        listener_v6only=(not dualstack_ipv6) if listener else None,
     )
+    try:
+        bind_now(sock, sockaddr, role, backlog=(backlog if backlog is not None else min(socket.SOMAXCONN, 128)) if listener else None)
+    except BaseException:
+        sock.close()
+        raise
     sock.setblocking(True)
     return sock

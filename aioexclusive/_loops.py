@@ -10,6 +10,7 @@ on), the mixin avoids or undoes that, as commented at each place.
 from __future__ import annotations
 
 import asyncio
+import functools
 import socket
 import sys
 from dataclasses import dataclass, fields
@@ -17,15 +18,15 @@ from typing import Any, Callable, ClassVar
 
 from ._binding import (
     audit_socket,
+    bind_now,
     check_port,
     clear_forbidden_options,
     hosts_of,
+    new_socket,
     open_bound_sockets,
     resolve,
-    translate_bind_error,
 )
-from ._errors import is_address_in_use
-from ._plan import SO_REUSEPORT, BindPlan, Role, make_plan
+from ._plan import BindPlan, Role, make_plan
 from ._server import MultiServer
 
 __all__ = ["ExclusiveLoopMixin", "LoopOptions", "exclusive_loop_class", "resolve_base"]
@@ -87,6 +88,8 @@ class ExclusiveLoopMixin:
     """
 
     _exclusive_options: ClassVar[LoopOptions] = LoopOptions()
+    # Does the base loop make adopted UDP sockets shareable (libuv on POSIX)?
+    _exclusive_adoption_shares_udp: ClassVar[bool] = False
 
     @property
     def exclusive_options(self) -> LoopOptions:
@@ -156,10 +159,10 @@ class ExclusiveLoopMixin:
         plan = self._plan(Role.TCP_LISTENER, reuse_address=reuse_address, reuse_port=reuse_port, address=host)
         hosts = hosts_of(host)
         if len(hosts) == 1:
-            found = [await resolve(self, hosts[0], port, family=family, flags=flags)]  # type: ignore[arg-type]
+            found = [await resolve(self, hosts[0], port, family=family, flags=flags)]
         else:
             found = await asyncio.gather(
-                *(resolve(self, h, port, family=family, flags=flags) for h in hosts)  # type: ignore[arg-type]
+                *(resolve(self, h, port, family=family, flags=flags) for h in hosts)
             )
         # asyncio dedupes with a set; keep first-seen order so sockets are stable.
         infos = list(dict.fromkeys(info for group in found for info in group))
@@ -225,10 +228,17 @@ class ExclusiveLoopMixin:
         if sock is not None:
             # With allow_reuse_port the caller may hand over a socket it shares on purpose.
             plan = self._plan(Role.UDP_UNICAST, reuse_port=self._exclusive_options.allow_reuse_port)
+            factory = protocol_factory
             if not is_unix and getattr(sock, "type", None) == socket.SOCK_DGRAM:
                 audit_socket(sock, plan)
-            result = await base_create(
-                protocol_factory,
+                if self._exclusive_adoption_shares_udp:
+                    # The caller bound it already, so uv_udp_open makes it shareable;
+                    # undo that in the factory, which uvloop calls right after
+                    # uv_udp_open in the same synchronous step, before the loop
+                    # runs again. Pass local_addr instead to leave no window at all.
+                    factory = functools.partial(_clear_then_build, sock, plan, protocol_factory)
+            return await base_create(  # type: ignore[no-any-return]
+                factory,
                 local_addr,
                 remote_addr,
                 family=family,
@@ -239,9 +249,6 @@ class ExclusiveLoopMixin:
                 sock=sock,
                 **extra,
             )
-            if not is_unix:
-                self._exclusive_after_adoption(result[0], plan)
-            return result  # type: ignore[no-any-return]
 
         if is_unix:
             return await base_create(  # type: ignore[no-any-return]
@@ -254,51 +261,25 @@ class ExclusiveLoopMixin:
                 if not (isinstance(addr, tuple) and len(addr) == 2):
                     raise TypeError(f"{name} must be a (host, port) tuple, got {addr!r}")
                 check_port(addr[1], f"{name} port")
+        candidates = await self._exclusive_datagram_candidates(local_addr, remote_addr, family, proto, flags)
+        errors: list[OSError] = []
+        for (fam, pro), (local, remote) in candidates:
+            try:
+                return await self._exclusive_open_datagram(
+                    protocol_factory, plan, fam, pro, local, remote, bool(allow_broadcast)
+                )
+            except OSError as exc:
+                errors.append(exc)
+        raise errors[0]
 
-        if any(name != SO_REUSEPORT for name, _ in plan.set):
-            return await self._exclusive_datagram_from_own_socket(
-                protocol_factory, plan, local_addr, remote_addr, family, proto, flags, bool(allow_broadcast)
-            )
-        # The plan sets nothing before bind here (POSIX unicast), which is
-        # exactly how every base loop binds UDP on its own; letting it bind
-        # avoids handing libuv a bound socket, which uv_udp_open would make
-        # shareable (SO_REUSEADDR) for as long as it takes us to notice.
-        try:
-            transport, protocol = await base_create(
-                protocol_factory,
-                local_addr,
-                remote_addr,
-                family=family,
-                proto=proto,
-                flags=flags,
-                reuse_port=reuse_port,
-                allow_broadcast=allow_broadcast,
-                **{k: v for k, v in extra.items() if v is not True},
-            )
-        except OSError as exc:
-            cause = exc if is_address_in_use(exc) else exc.__cause__ or exc.__context__
-            if isinstance(cause, OSError) and is_address_in_use(cause):
-                raise translate_bind_error(cause, Role.UDP_UNICAST, local_addr) from exc
-            raise
-        self._exclusive_after_adoption(transport, plan)
-        return transport, protocol
-
-    async def _exclusive_datagram_from_own_socket(
-        self,
-        protocol_factory: Callable[[], asyncio.BaseProtocol],
-        plan: BindPlan,
-        local_addr: Any,
-        remote_addr: Any,
-        family: int,
-        proto: int,
-        flags: int,
-        allow_broadcast: bool,
-    ) -> tuple[asyncio.BaseTransport, asyncio.BaseProtocol]:
-        """Bind a UDP socket ourselves (the plan sets options before bind) and adopt it.
-
-        Resolution mirrors asyncio: local and remote addresses are paired by
-        (family, protocol) and the first pair that binds and connects wins.
-        """
+    async def _exclusive_datagram_candidates(
+        self, local_addr: Any, remote_addr: Any, family: int, proto: int, flags: int
+    ) -> list[tuple[tuple[int, int], list[Any]]]:
+        """(family, protocol) -> [local, remote] pairs, resolved and matched as asyncio does."""
+        if local_addr is None and remote_addr is None:
+            if family == 0:
+                raise ValueError("unexpected address family")
+            return [((family, proto), [None, None])]
         pairs: dict[tuple[int, int], list[Any]] = {}
         for index, addr in ((0, local_addr), (1, remote_addr)):
             if addr is None:
@@ -312,57 +293,78 @@ class ExclusiveLoopMixin:
             for key, pair in pairs.items()
             if not ((local_addr is not None and pair[0] is None) or (remote_addr is not None and pair[1] is None))
         ]
-        if local_addr is None and remote_addr is None:
-            if family == 0:
-                raise ValueError("unexpected address family")
-            candidates = [((family, proto), [None, None])]
         if not candidates:
             raise ValueError("can not get address information")
-        errors: list[OSError] = []
-        for (fam, pro), (local, remote) in candidates:
-            infos = [(socket.AddressFamily(fam), socket.SOCK_DGRAM, pro, "", local)] if local is not None else []
+        return candidates
+
+    async def _exclusive_open_datagram(
+        self,
+        protocol_factory: Callable[[], asyncio.BaseProtocol],
+        plan: BindPlan,
+        family: int,
+        proto: int,
+        local: Any,
+        remote: Any,
+        allow_broadcast: bool,
+    ) -> tuple[asyncio.BaseTransport, asyncio.BaseProtocol]:
+        """One UDP socket made by the plan, bound, connected, and adopted by the base loop."""
+        sock = new_socket(family, socket.SOCK_DGRAM, proto, plan, strict=self._exclusive_options.strict, address=local)
+        try:
+            if allow_broadcast:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_BROADCAST, 1)
+            # libuv's uv_udp_open turns SO_REUSEADDR (Linux) / SO_REUSEPORT (BSD)
+            # on for every socket it adopts. So a libuv loop is handed the socket
+            # *unbound*, and it is bound from inside the protocol factory, which
+            # uvloop calls after uv_udp_open and before connection_made: when the
+            # bind happens the option is off again, so the bound socket is never
+            # shareable. A connected endpoint must be connected before adoption
+            # (libuv records that at open time); it is bound first and cleaned
+            # in the same synchronous step, before the loop runs again.
+            deferred = self._exclusive_adoption_shares_udp and local is not None and remote is None
+            if local is not None and not deferred:
+                bind_now(sock, local, plan.role)
+            if remote is not None:
+                await self.sock_connect(sock, remote)  # type: ignore[attr-defined]
+        except BaseException:
+            sock.close()
+            raise
+        if not self._exclusive_adoption_shares_udp:
             try:
-                if infos:
-                    (sock,) = open_bound_sockets(infos, plan, backlog=None, strict=self._exclusive_options.strict)
-                else:
-                    sock = socket.socket(fam, socket.SOCK_DGRAM, pro)
-                    sock.setblocking(False)
-            except OSError as exc:
-                errors.append(exc)
-                continue
-            try:
-                if allow_broadcast:
-                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_BROADCAST, 1)
-                if remote is not None:
-                    await self.sock_connect(sock, remote)  # type: ignore[attr-defined]
-            except OSError as exc:
-                sock.close()
-                errors.append(exc)
-                continue
+                transport, protocol = await super().create_datagram_endpoint(  # type: ignore[misc]
+                    protocol_factory, sock=sock
+                )
             except BaseException:
                 sock.close()
                 raise
-            break
-        else:
-            raise errors[0]
+            return transport, protocol
+
+        failure: list[OSError] = []
+
+        def bind_then_build() -> asyncio.BaseProtocol:
+            if deferred:
+                clear_forbidden_options(sock, plan)
+                try:
+                    bind_now(sock, local, plan.role)
+                except OSError as exc:
+                    # Raising here would leave uvloop's half-made transport
+                    # unclosed; hand it a placeholder and close it below.
+                    failure.append(exc)
+                    return asyncio.DatagramProtocol()
+                return protocol_factory()
+            return _clear_then_build(sock, plan, protocol_factory)
+
         try:
             transport, protocol = await super().create_datagram_endpoint(  # type: ignore[misc]
-                protocol_factory, sock=sock
+                bind_then_build, sock=sock
             )
         except BaseException:
             sock.close()
             raise
-        self._exclusive_after_adoption(transport, plan)
+        if failure:
+            transport.close()
+            await asyncio.sleep(0)
+            raise failure[0]
         return transport, protocol
-
-    def _exclusive_after_adoption(self, transport: asyncio.BaseTransport, plan: BindPlan) -> None:
-        # libuv's uv_udp_open sets SO_REUSEADDR (Linux) / SO_REUSEPORT (BSD) on
-        # every socket it adopts. Our own binds never go through it on POSIX
-        # (see create_datagram_endpoint); a caller's sock= does, and this is
-        # where it is made exclusive again.
-        sock = transport.get_extra_info("socket")
-        if sock is not None:
-            clear_forbidden_options(sock, plan)
 
     # -- clients with a fixed local port --------------------------------------
 
@@ -427,6 +429,13 @@ class ExclusiveLoopMixin:
             raise RuntimeError("Event loop is closed")
 
 
+def _clear_then_build(
+    sock: socket.socket, plan: BindPlan, protocol_factory: Callable[[], asyncio.BaseProtocol]
+) -> asyncio.BaseProtocol:
+    clear_forbidden_options(sock, plan)
+    return protocol_factory()
+
+
 # -- building loop classes ------------------------------------------------------
 
 _CLASSES: dict[type, type] = {}
@@ -437,12 +446,12 @@ def _uvloop() -> type:
         import uvloop
     except ImportError as exc:
         raise ImportError("base='uvloop' needs uvloop: pip install 'aioexclusive[uvloop]'") from exc
-    return uvloop.Loop  # type: ignore[no-any-return]
+    return uvloop.Loop
 
 
 def _winloop() -> type:
     try:
-        import winloop  # type: ignore[import-not-found]
+        import winloop
     except ImportError as exc:
         raise ImportError("base='winloop' needs winloop (Windows only): pip install 'aioexclusive[winloop]'") from exc
     return winloop.Loop  # type: ignore[no-any-return]
@@ -493,6 +502,9 @@ def exclusive_loop_class(base: type) -> type:
         attrs = {
             "__module__": __name__,
             "__doc__": f"{base.__module__}.{base.__qualname__} with every listening socket bound exclusively.",
+            # libuv's uv_udp_open sets SO_REUSEADDR/SO_REUSEPORT on adopted UDP
+            # sockets on POSIX (src/unix/udp.c); its Windows code does not.
+            "_exclusive_adoption_shares_udp": base.__module__.partition(".")[0] == "uvloop",
         }
         cls = type(f"Exclusive{base.__name__.lstrip('_')}", (ExclusiveLoopMixin, base), attrs)
         _CLASSES[base] = cls

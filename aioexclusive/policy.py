@@ -107,12 +107,12 @@ def _policy_base() -> type:
     # whoever builds a policy, which _make_policy_class says itself.
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)
-        return asyncio.DefaultEventLoopPolicy  # type: ignore[no-any-return]
+        return asyncio.DefaultEventLoopPolicy
 
 
 if TYPE_CHECKING:
 
-    class ExclusiveEventLoopPolicy(asyncio.DefaultEventLoopPolicy):  # type: ignore[name-defined,misc]
+    class ExclusiveEventLoopPolicy(asyncio.DefaultEventLoopPolicy):
         def __init__(self, base: str | type | None = None, **options: bool) -> None: ...
 
 else:
