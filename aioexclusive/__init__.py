@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 from ._binding import bind_socket
 from ._errors import AddressInUseError, ExclusivityError, ExclusivityWarning
+from ._guard import guard
 from ._loops import ExclusiveLoopMixin, LoopOptions, exclusive_loop_class
 from ._plan import BindPlan, Role, current_platform, make_plan
 from .policy import new_event_loop, run
@@ -31,6 +32,7 @@ __all__ = [
     "bind_socket",
     "current_platform",
     "exclusive_loop_class",
+    "guard",
     "make_plan",
     "new_event_loop",
     "run",
