@@ -581,3 +581,61 @@ def test_restart_with_live_connections(base: str) -> None:
         return restarts
 
     assert run(main(), base) == 50
+
+
+@pytest.mark.skipif(not HAVE_UVLOOP, reason="uvloop is not installed")
+def test_uvloop_udp_socket_is_never_shareable_while_bound(monkeypatch: pytest.MonkeyPatch) -> None:
+    """uv_udp_open sets SO_REUSEADDR on what it adopts; the exclusive loop binds only after clearing it."""
+    from aioexclusive import _loops
+
+    events: list[tuple[str, Any]] = []
+    real_clear, real_bind = _loops.clear_forbidden_options, _loops.bind_now
+
+    def spy_clear(sock: Any, plan: Any) -> list[str]:
+        cleared = real_clear(sock, plan)
+        events.append(("cleared", (cleared, sock.getsockname()[1])))
+        return cleared
+
+    def spy_bind(sock: Any, sockaddr: Any, role: Any, **kw: Any) -> None:
+        events.append(("bind with", opts(sock)))
+        real_bind(sock, sockaddr, role, **kw)
+
+    monkeypatch.setattr(_loops, "clear_forbidden_options", spy_clear)
+    monkeypatch.setattr(_loops, "bind_now", spy_bind)
+
+    class Probe(asyncio.DatagramProtocol):
+        def connection_made(self, transport: Any) -> None:
+            sock = transport.get_extra_info("socket")
+            events.append(("connection_made", (opts(sock), sock.getsockname()[1] != 0)))
+
+    async def main() -> None:
+        transport, _ = await asyncio.get_running_loop().create_datagram_endpoint(Probe, ("127.0.0.1", 0))
+        events.append(("finished", opts(transport.get_extra_info("socket"))))
+        transport.close()
+        await asyncio.sleep(0)
+
+    run(main(), "uvloop")
+    assert events == [
+        ("cleared", (["SO_REUSEADDR"], 0)),  # uvloop turned it on, on a socket not bound yet (port 0)
+        ("bind with", (0, 0)),
+        ("connection_made", ((0, 0), True)),
+        ("finished", (0, 0)),
+    ]
+
+
+@pytest.mark.skipif(not HAVE_UVLOOP, reason="uvloop is not installed")
+def test_uvloop_callers_udp_sock_is_cleaned_before_its_protocol_exists() -> None:
+    seen: list[tuple[int, int]] = []
+    sock = aioexclusive.bind_socket(("127.0.0.1", 0), type=socket.SOCK_DGRAM)
+
+    def factory() -> asyncio.DatagramProtocol:
+        seen.append(opts(sock))
+        return asyncio.DatagramProtocol()
+
+    async def main() -> None:
+        transport, _ = await asyncio.get_running_loop().create_datagram_endpoint(factory, sock=sock)
+        transport.close()
+        await asyncio.sleep(0)
+
+    run(main(), "uvloop")
+    assert seen == [(0, 0)]
