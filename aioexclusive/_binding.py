@@ -165,7 +165,11 @@ def translate_bind_error(exc: OSError, role: Role, sockaddr: Any) -> OSError:
     """
     host, port = _host_port(sockaddr)
     if is_address_in_use(exc):
-        return AddressInUseError(role.protocol, host, port, exc)
+        # Naming the holder needs the optional psutil; _holder never raises and
+        # returns None when it cannot tell, and the message then says how to look.
+        from ._holder import describe_holder
+
+        return AddressInUseError(role.protocol, host, port, exc, holder=describe_holder(role.protocol, host, port))
     msg = f"error while attempting to bind on address {sockaddr!r}: {(exc.strerror or str(exc)).lower()}"
     return OSError(exc.errno, msg)
 

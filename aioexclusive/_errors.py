@@ -56,7 +56,9 @@ def is_address_in_use(exc: BaseException) -> bool:
     return exc.errno == _errno.EADDRINUSE
 
 
-def _how_to_find_holder(protocol: str, port: int | str | None) -> str:
+def _how_to_find_holder(protocol: str, port: int | str | None, address: str = "") -> str:
+    if protocol == "UNIX":
+        return f"find the holder with `ss -lxp src {address}` or `lsof -U {address}` (as root to see other users' processes)"
     if sys.platform == "win32":
         return f"find the holder with `netstat -ano -p {protocol}` and look for port {port}"
     option = "-ltnp" if protocol == "TCP" else "-lunp"
@@ -98,7 +100,7 @@ class AddressInUseError(OSError):
             reason = f"{name}: {(cause.strerror or 'address already in use').lower()}"
         where = address if port is None else f"address {address} port {port}"
         message = f"{protocol} {where} is already in use ({reason}); "
-        message += f"held by {holder}" if holder else _how_to_find_holder(protocol, port)
+        message += f"held by {holder}" if holder else _how_to_find_holder(protocol, port, address)
         super().__init__(cause.errno, message)
         if winerror is not None:
             self.winerror = winerror
