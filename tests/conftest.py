@@ -34,21 +34,39 @@ def base(request: pytest.FixtureRequest) -> str:
     return request.param  # type: ignore[no-any-return]
 
 
-@pytest.fixture(scope="session")
-def same_user_attacker() -> Iterator[Attacker]:
-    attacker = Attacker()
-    yield attacker
-    attacker.close()
+_ATTACKERS: dict[str, Attacker] = {}
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    # Fork the attackers before any test can start a thread (an executor of a
+    # finished loop, say): forking a multi-threaded process is unsafe, and
+    # Python 3.12+ warns about it.
+    if hasattr(os, "fork"):
+        _ATTACKERS["same_user"] = Attacker()
+        if IS_ROOT:
+            _ATTACKERS["other_user"] = Attacker(uid=NOBODY)
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    for attacker in _ATTACKERS.values():
+        attacker.close()
+    _ATTACKERS.clear()
 
 
 @pytest.fixture(scope="session")
-def other_user_attacker() -> Iterator[Attacker]:
-    if not IS_ROOT:
+def same_user_attacker() -> Attacker:
+    if "same_user" not in _ATTACKERS:
+        pytest.skip("the attacker is a forked process; this platform cannot fork")
+    return _ATTACKERS["same_user"]
+
+
+@pytest.fixture(scope="session")
+def other_user_attacker() -> Attacker:
+    if "other_user" not in _ATTACKERS:
         pytest.skip("cross-user attacks need root, to fork and drop to uid 65534")
-    attacker = Attacker(uid=NOBODY)
+    attacker = _ATTACKERS["other_user"]
     assert attacker.whoami()["uid"] == NOBODY
-    yield attacker
-    attacker.close()
+    return attacker
 
 
 def open_fds() -> set[int]:
