@@ -59,10 +59,15 @@ class LoopOptions:
             connections or datagrams; only for pre-fork servers that want it.
         strict: on Windows, refuse to serve when ``SO_EXCLUSIVEADDRUSE`` cannot
             be set, instead of warning and serving unprotected.
+        bind_retry: ``(attempts, delay)``: when a TCP server's port is still
+            held (the previous instance of a restarting server), try the
+            exclusive bind up to *attempts* times, *delay* seconds apart,
+            before raising `AddressInUseError`. ``None`` (default): no retry.
     """
 
     allow_reuse_port: bool = False
     strict: bool = False
+    bind_retry: tuple[int, float] | None = None
 
     @classmethod
     def from_kwargs(cls, caller: str, options: dict[str, Any]) -> LoopOptions:
@@ -72,7 +77,11 @@ class LoopOptions:
                 raise TypeError(
                     f"{caller}() got an unexpected option {name!r}; the options are: {', '.join(sorted(known))}"
                 )
-            if not isinstance(value, bool):
+            if name == "bind_retry":
+                from ._restart import check_bind_retry
+
+                options = {**options, name: check_bind_retry(value, f"{caller}() option bind_retry")}
+            elif not isinstance(value, bool):
                 raise TypeError(f"{caller}() option {name} must be True or False, got {value!r}")
         return cls(**options)
 
@@ -166,13 +175,21 @@ class ExclusiveLoopMixin:
             )
         # asyncio dedupes with a set; keep first-seen order so sockets are stable.
         infos = list(dict.fromkeys(info for group in found for info in group))
-        sockets = open_bound_sockets(
+        bind = functools.partial(
+            open_bound_sockets,
             infos,
             plan,
             backlog=backlog,
             keep_alive=bool(keep_alive) and keep_alive is not _UNSET,
             strict=self._exclusive_options.strict,
         )
+        retry = self._exclusive_options.bind_retry
+        if retry is None:
+            sockets = bind()
+        else:
+            from ._restart import retry_bind
+
+            sockets = await retry_bind(bind, attempts=retry[0], delay=retry[1])
         servers: list[asyncio.AbstractServer] = []
         try:
             for bound in sockets:
@@ -423,6 +440,41 @@ class ExclusiveLoopMixin:
         if not errors:
             raise OSError(f"no matching local address with family={remotes[0][0]!r} found")
         raise errors[0]
+
+    # -- AF_UNIX servers ------------------------------------------------------
+
+    async def create_unix_server(
+        self,
+        protocol_factory: Callable[[], asyncio.BaseProtocol],
+        path: Any = None,
+        *,
+        sock: Any = None,
+        backlog: int = 100,
+        **kwargs: Any,
+    ) -> asyncio.AbstractServer:
+        """Like `asyncio.loop.create_unix_server`, never taking over a live server's path.
+
+        A socket file where a live server answers raises `AddressInUseError`
+        naming the path (the stdlib would remove it and bind over it); a stale
+        one is replaced; abstract names and ``sock=`` go to the base loop
+        unchanged. The rules and the race they close are in ``_unix.py``.
+        """
+        from ._unix import bind_unix_listener, guards_path, remove_own_path
+
+        base_create = super().create_unix_server  # type: ignore[misc]
+        if sock is not None or not guards_path(path):
+            return await base_create(  # type: ignore[no-any-return]
+                protocol_factory, path, sock=sock, backlog=backlog, **kwargs
+            )
+        self._exclusive_check_open()
+        bound = await bind_unix_listener(path, backlog)
+        try:
+            return await base_create(  # type: ignore[no-any-return]
+                protocol_factory, sock=bound, backlog=backlog, **kwargs
+            )
+        except BaseException:
+            remove_own_path(bound, path)
+            raise
 
     def _exclusive_check_open(self) -> None:
         if self.is_closed():  # type: ignore[attr-defined]
