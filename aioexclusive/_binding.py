@@ -66,6 +66,48 @@ def hosts_of(host: object) -> list[str | None]:
     return hosts
 
 
+_INET_FAMILIES = (socket.AF_INET, socket.AF_INET6) if _HAS_IPV6 else (socket.AF_INET,)
+_KINDS = {int(socket.SOCK_STREAM): socket.SOCK_STREAM, int(socket.SOCK_DGRAM): socket.SOCK_DGRAM}
+_DEFAULT_PROTO = {socket.SOCK_STREAM: socket.IPPROTO_TCP, socket.SOCK_DGRAM: socket.IPPROTO_UDP}
+
+
+def numeric_addrinfo(
+    host: object, port: object, *, family: int = 0, type: int = socket.SOCK_STREAM, proto: int = 0, flags: int = 0
+) -> list[AddrInfo] | None:
+    """What ``getaddrinfo`` returns for an IP literal and an int port; None for anything else.
+
+    ``socket.getaddrinfo`` IDNA-encodes the host and turns every field of every
+    result into an enum, in Python: for a numeric host that costs as much as
+    creating and binding the socket, and a loop opening many endpoints pays it
+    each time (asyncio's own ``_ipaddr_info`` skips it the same way). Anything
+    not recognised here (names, scoped or shorthand addresses, service names,
+    ``AI_CANONNAME``) goes to ``getaddrinfo`` as before.
+    """
+    if (
+        not isinstance(host, str)
+        or isinstance(port, bool)
+        or not isinstance(port, int)
+        or not 0 <= port <= 65535
+        or flags & socket.AI_CANONNAME
+    ):
+        return None
+    kind = _KINDS.get(type)
+    if kind is None or proto not in (0, _DEFAULT_PROTO[kind]):
+        return None
+    for fam in _INET_FAMILIES:
+        if family not in (0, fam):
+            continue
+        try:
+            packed = socket.inet_pton(fam, host)
+        except (OSError, ValueError):
+            continue
+        # The spelling getaddrinfo reports ("::0001" -> "::1").
+        text = socket.inet_ntop(fam, packed)
+        sockaddr = (text, port) if fam == socket.AF_INET else (text, port, 0, 0)
+        return [(fam, kind, _DEFAULT_PROTO[kind], "", sockaddr)]
+    return None
+
+
 async def resolve(
     loop: Any,
     host: str | None,
@@ -82,6 +124,9 @@ async def resolve(
     network, so it skips the executor round trip exactly as asyncio's own fast
     path does; a name goes through ``loop.getaddrinfo``.
     """
+    literal = numeric_addrinfo(host, port, family=family, type=type, proto=proto, flags=flags)
+    if literal is not None:
+        return literal
     try:
         infos = socket.getaddrinfo(host, port, family, type, proto, flags | socket.AI_NUMERICHOST)
     except socket.gaierror as exc:

@@ -22,6 +22,7 @@ from ._binding import (
     check_port,
     clear_forbidden_options,
     hosts_of,
+    numeric_addrinfo,
     new_socket,
     open_bound_sockets,
     resolve,
@@ -90,6 +91,10 @@ def _dgram_family(sock: Any) -> int:
     return int(getattr(sock, "family", 0))
 
 
+_PLANS: dict[tuple[Any, ...], BindPlan] = {}
+_PLAN_REQUEST = {"reuse_address", "reuse_port", "address"}
+
+
 class ExclusiveLoopMixin:
     """Overrides the listening paths of an asyncio event loop; see the module docstring.
 
@@ -106,7 +111,18 @@ class ExclusiveLoopMixin:
         return self._exclusive_options
 
     def _plan(self, role: Role, **request: Any) -> BindPlan:
-        return make_plan(role, allow_reuse_port=self._exclusive_options.allow_reuse_port, **request)
+        allow = self._exclusive_options.allow_reuse_port
+        # A plan depends only on the role and the flags (the address only words
+        # errors), and making one costs about as much as a UDP bind: reuse it.
+        # Only exact True/False/None flags are cached: 0 == False as a key, but
+        # make_plan tells them apart.
+        key = (role, allow, request.get("reuse_address"), request.get("reuse_port"))
+        if all(v is None or v is True or v is False for v in key[2:]) and request.keys() <= _PLAN_REQUEST:
+            plan = _PLANS.get(key)
+            if plan is None:
+                plan = _PLANS[key] = make_plan(role, allow_reuse_port=allow, **request)
+            return plan
+        return make_plan(role, allow_reuse_port=allow, **request)
 
     # -- TCP servers ---------------------------------------------------------
 
@@ -167,8 +183,10 @@ class ExclusiveLoopMixin:
         check_port(port)
         plan = self._plan(Role.TCP_LISTENER, reuse_address=reuse_address, reuse_port=reuse_port, address=host)
         hosts = hosts_of(host)
-        if len(hosts) == 1:
-            found = [await resolve(self, hosts[0], port, family=family, flags=flags)]
+        if len(hosts) == 1 or all(h is None or numeric_addrinfo(h, 0) for h in hosts):
+            # Nothing here waits for DNS, so one by one costs nothing, while
+            # gather would wrap each in a task (a loop iteration each).
+            found = [await resolve(self, h, port, family=family, flags=flags) for h in hosts]
         else:
             found = await asyncio.gather(
                 *(resolve(self, h, port, family=family, flags=flags) for h in hosts)

@@ -49,7 +49,10 @@ class MultiServer(asyncio.AbstractServer):
             server.abort_clients()  # type: ignore[attr-defined]
 
     async def wait_closed(self) -> None:
-        await asyncio.gather(*(server.wait_closed() for server in self._servers))
+        # One after another: each is closing already, and gather would make a
+        # task (a loop iteration) per server.
+        for server in self._servers:
+            await server.wait_closed()
 
     async def start_serving(self) -> None:
         for server in self._servers:
