@@ -12,6 +12,7 @@ from ._binding import bind_socket
 from ._errors import AddressInUseError, ExclusivityError, ExclusivityWarning
 from ._guard import guard
 from ._loops import ExclusiveLoopMixin, LoopOptions, exclusive_loop_class
+from ._multicast import Multicast, MulticastTransport
 from ._plan import BindPlan, Role, current_platform, make_plan
 from .policy import new_event_loop, run
 
@@ -28,6 +29,8 @@ __all__ = [
     "ExclusivityError",
     "ExclusivityWarning",
     "LoopOptions",
+    "Multicast",
+    "MulticastTransport",
     "Role",
     "bind_socket",
     "current_platform",

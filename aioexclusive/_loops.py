@@ -27,6 +27,7 @@ from ._binding import (
     open_bound_sockets,
     resolve,
 )
+from ._multicast import create_multicast_endpoint
 from ._plan import BindPlan, Role, make_plan
 from ._server import MultiServer
 
@@ -241,15 +242,24 @@ class ExclusiveLoopMixin:
         reuse_port: bool | None = None,
         allow_broadcast: bool | None = None,
         sock: Any = None,
+        multicast: Any = None,
     ) -> tuple[asyncio.BaseTransport, asyncio.BaseProtocol]:
         """Like `asyncio.loop.create_datagram_endpoint`, never sharing the port.
 
         ``reuse_port=True`` (unless the loop allows it) and
         ``reuse_address=True`` raise `ExclusivityError`; a ``sock=`` with
         ``SO_REUSEPORT``, or ``SO_REUSEADDR``, is refused the same way.
+        ``multicast=True`` or ``multicast=aioexclusive.Multicast(...)`` is the
+        one opt-in that shares a port: see `aioexclusive.Multicast`.
         """
         if reuse_address is not _UNSET and sys.version_info >= _DATAGRAM_REUSE_ADDRESS_UNTIL:
             raise TypeError("create_datagram_endpoint() got an unexpected keyword argument 'reuse_address'")
+        if multicast is not None and multicast is not False:
+            return await create_multicast_endpoint(
+                self, super().create_datagram_endpoint, protocol_factory, local_addr, remote_addr, multicast,  # type: ignore[misc]
+                family=family, proto=proto, flags=flags, reuse_address=reuse_address is True,
+                reuse_port=reuse_port, allow_broadcast=allow_broadcast, sock=sock,
+            )
         base_create = super().create_datagram_endpoint  # type: ignore[misc]
         inet = (socket.AF_INET, socket.AF_INET6)
         is_unix = family == getattr(socket, "AF_UNIX", None) or (
