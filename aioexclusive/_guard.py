@@ -100,6 +100,8 @@ class _State:
     installed: bool = False
     platform: Platform = "linux"
     plans: dict[Role, BindPlan] | None = None
+    # Per role, the options worth a getsockopt (each one is a system call).
+    reads: dict[Role, tuple[tuple[str, int], ...]] | None = None
     from_environment: bool = False
 
 
@@ -161,7 +163,15 @@ def _install() -> None:
     platform = current_platform()
     # Plans are pure and depend only on (platform, role): compute them once,
     # not on every bind.
-    _state.plans = {role: make_plan(role, platform) for role in (Role.TCP_LISTENER, Role.UDP_UNICAST, Role.UDP_MULTICAST)}
+    plans = {role: make_plan(role, platform) for role in (Role.TCP_LISTENER, Role.UDP_UNICAST, Role.UDP_MULTICAST)}
+    multicast_shape = {name for name, _ in plans[Role.UDP_MULTICAST].set}
+    reads = {}
+    for role in (Role.TCP_LISTENER, Role.UDP_UNICAST):
+        wanted = set(plans[role].never) | {name for name, _ in plans[role].set if name == SO_EXCLUSIVEADDRUSE}
+        if role is Role.UDP_UNICAST:
+            wanted |= multicast_shape
+        reads[role] = tuple((name, const) for name, const in _OPTIONS.items() if name in wanted)
+    _state.plans, _state.reads = plans, reads
     _state.platform = platform
     sys.addaudithook(_hook)
     # sys.addaudithook silently drops the new hook when an existing hook
@@ -234,9 +244,9 @@ def _check_bind(args: tuple[Any, ...]) -> None:
         if pattern.matches(host, port):
             return
 
-    plans = _state.plans
-    assert plans is not None
-    values = {name: _getsockopt(sock, socket.SOL_SOCKET, const) for name, const in _OPTIONS.items()}
+    plans, reads = _state.plans, _state.reads
+    assert plans is not None and reads is not None
+    values = {name: _getsockopt(sock, socket.SOL_SOCKET, const) for name, const in reads[role]}
     if role is Role.UDP_UNICAST:
         ip = _ip(host)
         if ip is not None and ip.is_multicast:
