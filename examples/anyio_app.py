@@ -11,7 +11,7 @@ on POSIX, ``SO_EXCLUSIVEADDRUSE`` on Windows), but ``reuse_port=True`` there is
 honoured, not refused. For a TCP listener bound by the plan, wrap
 ``aioexclusive.bind_socket`` (anyio versions with ``SocketListener.from_socket``)::
 
-    listener = anyio.abc.SocketListener.from_socket(aioexclusive.bind_socket(("127.0.0.1", 8000)))
+    listener = await anyio.abc.SocketListener.from_socket(aioexclusive.bind_socket(("127.0.0.1", 8000)))
 
 Run it::
 

@@ -1,0 +1,193 @@
+"""hypercorn: aioexclusive.contrib.hypercorn.ExclusiveConfig against plain Config, with real attackers."""
+
+from __future__ import annotations
+
+import os
+import socket
+import sys
+
+import pytest
+
+pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="POSIX servers signalled with SIGINT; forked attacker")
+hypercorn_config = pytest.importorskip("hypercorn.config")
+
+from aioexclusive import AddressInUseError, ExclusivityError  # noqa: E402
+from ix_support import (  # noqa: E402
+    HAVE_IPV6,
+    HERE,
+    PY,
+    ServerProcess,
+    assert_attacker_cannot_bind_udp,
+    assert_attacker_cannot_listen,
+    assert_exclusive_answer,
+    attacker_steals,
+    http_get,
+    sharing_options,
+)
+
+from aioexclusive.contrib.hypercorn import ExclusiveConfig  # noqa: E402
+
+RUNNING = r"Running on http://\[?([0-9a-f.:]+?)\]?:(\d+) "
+HOSTS = [
+    pytest.param("127.0.0.1", id="ipv4"),
+    pytest.param("::1", id="ipv6", marks=pytest.mark.skipif(not HAVE_IPV6, reason="no IPv6 loopback here")),
+]
+
+
+def _bind(host: str, port: int = 0) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def test_run_with_two_workers_is_exclusive(same_user_attacker) -> None:  # type: ignore[no-untyped-def]
+    args = [PY, "hypercorn_app.py", "--bind", "127.0.0.1:0", "--workers", "2"]
+    with ServerProcess(args) as server:
+        port = int(server.wait_for(RUNNING, count=2).group(2))
+        assert http_get("127.0.0.1", port)[0] == 200
+        assert_attacker_cannot_listen(same_user_attacker, "127.0.0.1", port)
+        assert http_get("127.0.0.1", port)[0] == 200
+
+
+def test_control_plain_config_two_workers_is_hijacked(same_user_attacker) -> None:  # type: ignore[no-untyped-def]
+    args = [PY, os.path.join(HERE, "ix_hypercorn_plain.py"), "127.0.0.1:0"]
+    with ServerProcess(args) as server:
+        port = int(server.wait_for(RUNNING, count=2).group(2))
+        assert http_get("127.0.0.1", port)[0] == 200
+        stolen = attacker_steals(same_user_attacker, "127.0.0.1", port)
+        assert stolen > 0, f"the control must show a hijack (attacker got {stolen})"
+
+
+@pytest.mark.parametrize("host", HOSTS)
+def test_serve_in_aioexclusive_run(host: str, same_user_attacker) -> None:  # type: ignore[no-untyped-def]
+    with ServerProcess([PY, "hypercorn_app.py", "--bind", _bind(host)]) as server:
+        port = int(server.wait_for(RUNNING).group(2))
+        status, body = http_get(host, port)
+        assert status == 200
+        assert_exclusive_answer(body)
+        assert_attacker_cannot_listen(same_user_attacker, host, port)
+        assert http_get(host, port)[0] == 200
+
+
+def _close(sockets: hypercorn_config.Sockets) -> None:
+    for sock in (*sockets.secure_sockets, *sockets.insecure_sockets, *sockets.quic_sockets):
+        sock.close()
+
+
+@pytest.mark.parametrize("exclusive", [True, False], ids=["exclusive", "plain-control"])
+def test_workers_tcp_socket_options(exclusive: bool, same_user_attacker) -> None:  # type: ignore[no-untyped-def]
+    config = ExclusiveConfig() if exclusive else hypercorn_config.Config()
+    config.bind = ["127.0.0.1:0"]
+    config.workers = 2
+    sockets = config.create_sockets()
+    try:
+        (sock,) = sockets.insecure_sockets
+        if not exclusive:
+            sock.listen(100)  # what each worker does
+        assert sharing_options(sock)[1] == (0 if exclusive else 1)
+        port = sock.getsockname()[1]
+        if exclusive:
+            assert_attacker_cannot_listen(same_user_attacker, "127.0.0.1", port)
+        else:
+            assert attacker_steals(same_user_attacker, "127.0.0.1", port) > 0
+    finally:
+        _close(sockets)
+
+
+def _quic_config(cls: type) -> hypercorn_config.Config:
+    config = cls()
+    # ssl_enabled only checks that both are set; create_sockets never reads them.
+    config.certfile, config.keyfile = "cert.pem", "key.pem"
+    config.bind = ["127.0.0.1:0"]
+    config.quic_bind = ["127.0.0.1:0"]
+    return config
+
+
+def test_quic_sockets_are_not_shareable(same_user_attacker) -> None:  # type: ignore[no-untyped-def]
+    sockets = _quic_config(ExclusiveConfig).create_sockets()
+    try:
+        (quic,) = sockets.quic_sockets
+        assert quic.type == socket.SOCK_DGRAM
+        assert sharing_options(quic) == (0, 0)
+        assert_attacker_cannot_bind_udp(same_user_attacker, "127.0.0.1", quic.getsockname()[1])
+    finally:
+        _close(sockets)
+
+
+def test_control_plain_quic_socket_is_joined(same_user_attacker) -> None:  # type: ignore[no-untyped-def]
+    sockets = _quic_config(hypercorn_config.Config).create_sockets()
+    try:
+        (quic,) = sockets.quic_sockets
+        result = same_user_attacker.try_bind("udp", 4, "127.0.0.1", quic.getsockname()[1], ("SO_REUSEADDR",))
+        same_user_attacker.collect(wait=0)
+        assert result.ok, "plain hypercorn's QUIC socket has SO_REUSEADDR: the control must be joinable"
+    finally:
+        _close(sockets)
+
+
+def test_quic_refused_for_plain_uvloop_workers(no_fd_leak) -> None:  # type: ignore[no-untyped-def]
+    config = _quic_config(ExclusiveConfig)
+    config.worker_class = "uvloop"
+    with pytest.raises(ExclusivityError, match="uvloop"):
+        config.create_sockets()
+
+
+def test_all_or_nothing(no_fd_leak) -> None:  # type: ignore[no-untyped-def]
+    with socket.create_server(("127.0.0.1", 0)) as taken:
+        config = ExclusiveConfig()
+        config.bind = ["127.0.0.1:0", f"127.0.0.1:{taken.getsockname()[1]}"]
+        with pytest.raises(AddressInUseError):
+            config.create_sockets()
+
+
+def test_unix_live_server_refused_stale_replaced(sock_path: str) -> None:
+    config = ExclusiveConfig()
+    config.bind = [f"unix:{sock_path}"]
+    with socket.socket(socket.AF_UNIX) as live:
+        live.bind(sock_path)
+        live.listen(4)
+        with pytest.raises(AddressInUseError) as info:
+            config.create_sockets()
+        assert sock_path in str(info.value)
+        with socket.socket(socket.AF_UNIX) as client:
+            client.connect(sock_path)  # still the live server's file
+            live.accept()[0].close()
+    # `live` is closed now and its file is left behind: stale, so replaced.
+    sockets = config.create_sockets()
+    try:
+        (sock,) = sockets.insecure_sockets
+        with socket.socket(socket.AF_UNIX) as client:
+            client.connect(sock_path)
+    finally:
+        _close(sockets)
+
+
+def test_control_plain_config_unlinks_a_live_server(sock_path: str) -> None:
+    config = hypercorn_config.Config()
+    config.bind = [f"unix:{sock_path}"]
+    with socket.socket(socket.AF_UNIX) as live:
+        live.bind(sock_path)
+        live.listen(4)
+        sockets = config.create_sockets()
+        try:
+            (taker,) = sockets.insecure_sockets
+            taker.listen(4)
+            with socket.socket(socket.AF_UNIX) as client:
+                client.connect(sock_path)
+                taker.setblocking(True)
+                taker.accept()[0].close()  # the newcomer got the connection
+        finally:
+            _close(sockets)
+
+
+def test_fd_socket_is_audited(no_fd_leak) -> None:  # type: ignore[no-untyped-def]
+    shared = socket.socket()
+    try:
+        shared.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        shared.bind(("127.0.0.1", 0))
+        shared.listen(4)
+        config = ExclusiveConfig()
+        config.bind = [f"fd://{shared.fileno()}"]
+        with pytest.raises(ExclusivityError, match="SO_REUSEPORT"):
+            config.create_sockets()
+        assert shared.getsockname()[1] > 0  # the caller's socket is still open
+    finally:
+        shared.close()
