@@ -1,0 +1,8 @@
+"""``python -m aioexclusive``: ``plan``, ``demo`` and ``probe``; see ``--help``."""
+
+import sys
+
+from ._cli import main
+
+if __name__ == "__main__":
+    sys.exit(main())
