@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import inspect
 import logging
 import os
 import socket
@@ -154,7 +155,9 @@ def run(app: Any, **kwargs: Any) -> None:
     if (config.reload or config.workers > 1) and not isinstance(app, str):
         logger.warning("You must pass the application as an import string to enable 'reload' or 'workers'.")
         sys.exit(STARTUP_FAILURE)
-    if not (config.reload or config.workers > 1):
+    if not (config.reload or config.workers > 1) and hasattr(config, "load_app"):
+        # Recent uvicorn loads here, so import errors show before binding;
+        # 0.36 has no load_app and loads in Server.serve.
         config.load_app()
     server = Server(config=config)
 
@@ -177,7 +180,11 @@ def run(app: Any, **kwargs: Any) -> None:
             ChangeReload(config, target=server.run, sockets=[sock]).run()
         elif config.workers > 1:
             assert sock is not None
-            Multiprocess(config, sockets=[sock]).run()
+            if "target" in inspect.signature(Multiprocess).parameters:
+                # uvicorn 0.36 passed the server's run explicitly; later ones do not.
+                Multiprocess(config, target=server.run, sockets=[sock]).run()  # type: ignore[call-arg,unused-ignore]
+            else:
+                Multiprocess(config, sockets=[sock]).run()
         else:
             server.run(sockets=[sock] if sock is not None else None)
     except KeyboardInterrupt:
