@@ -24,9 +24,9 @@ import ipaddress
 import logging
 import socket
 import struct
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, Callable, Literal, Union
+from typing import Any, Literal
 
 from ._binding import check_port, clear_forbidden_options, open_bound_sockets, resolve
 from ._errors import ExclusivityError
@@ -50,7 +50,7 @@ __all__ = [
 
 logger = logging.getLogger("aioexclusive")
 
-IPAddress = Union[ipaddress.IPv4Address, ipaddress.IPv6Address]
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
 
 # -- the user's request ------------------------------------------------------------
@@ -548,9 +548,21 @@ class _MembershipProtocol(asyncio.DatagramProtocol):
     """
 
     def __init__(self, app: asyncio.BaseProtocol, membership: _Membership) -> None:
-        self.app = app
         self.membership = membership
         self.wrapper: MulticastTransport | None = None
+        self.set_app(app)
+
+    def set_app(self, app: asyncio.BaseProtocol) -> None:
+        self.app = app
+        # The per-datagram path skips this layer: the base transport looks
+        # ``datagram_received`` up on its protocol for every datagram, and finds
+        # the application's bound method here, so no extra call is made.
+        for name in ("datagram_received", "error_received"):
+            method = getattr(app, name, None)
+            if method is not None:
+                setattr(self, name, method)
+            else:
+                self.__dict__.pop(name, None)
 
     def wrap(self, transport: asyncio.BaseTransport) -> MulticastTransport:
         if self.wrapper is None:
@@ -628,7 +640,7 @@ class MulticastTransport(asyncio.DatagramTransport):
         return self._shim.app
 
     def set_protocol(self, protocol: asyncio.BaseProtocol) -> None:
-        self._shim.app = protocol
+        self._shim.set_app(protocol)
 
     def get_extra_info(self, name: str, default: Any = None) -> Any:
         return self._transport.get_extra_info(name, default)

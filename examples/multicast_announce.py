@@ -91,8 +91,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--base", default=None, help="asyncio (default), uvloop or winloop")
     args = parser.parse_args(argv)
     interface: str | int | None = args.interface
-    if interface is not None and interface.isdigit():
-        interface = int(interface)
+    if args.interface is not None and args.interface.isdigit():
+        interface = int(args.interface)
     options = aioexclusive.Multicast(interface=interface, ttl=1, loopback=True)
     group = GROUP_V6 if args.ipv6 else GROUP_V4
     if args.mode == "listen":

@@ -33,9 +33,9 @@ import pytest
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-import aioexclusive  # noqa: E402
-from aioexclusive import ExclusivityError, Multicast, Role, make_plan  # noqa: E402
-from aioexclusive._multicast import (  # noqa: E402
+import aioexclusive
+from aioexclusive import ExclusivityError, Multicast, Role, make_plan
+from aioexclusive._multicast import (
     FACTS,
     Interface,
     is_multicast,
@@ -43,7 +43,7 @@ from aioexclusive._multicast import (  # noqa: E402
     receiver_options,
     sender_options,
 )
-from aioexclusive._plan import PLATFORMS  # noqa: E402
+from aioexclusive._plan import PLATFORMS
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
@@ -312,13 +312,16 @@ def test_bad_requests(base: str, warm: str, no_fd_leak: None) -> None:
         _run(_endpoint(local_addr=("ff02::1234", 0), multicast=True), base)
     with pytest.raises(ValueError, match="IPv4 address but the group is IPv6"):
         _run(_endpoint(local_addr=("ff02::1234", 0), multicast=Multicast(interface="127.0.0.1")), base)
+    with pytest.raises(ExclusivityError, match="allow_reuse_port=True"):
+        _run(_endpoint(local_addr=("239.1.2.3", 0), multicast=True, reuse_port=True), base)
     with pytest.raises(ValueError, match="pass family="):
         _run(_endpoint(multicast=True), base)
     with pytest.raises(TypeError, match=r"local_addr must be a \(host, port\) tuple"):
         _run(_endpoint(local_addr="239.1.2.3", multicast=True), base)
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
-        with pytest.raises(ValueError, match="multicast= and sock= can not be combined"):
-            _run(_endpoint(sock=sock, multicast=True), base)
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock, pytest.raises(
+        ValueError, match="multicast= and sock= can not be combined"
+    ):
+        _run(_endpoint(sock=sock, multicast=True), base)
 
 
 def test_multicast_false_is_the_ordinary_endpoint(no_fd_leak: None) -> None:
@@ -351,7 +354,7 @@ def _namespace_unavailable() -> str | None:
     for tool in ("unshare", "ip"):
         if shutil.which(tool) is None:
             return f"{tool} is not installed"
-    probe = subprocess.run(["unshare", "--net", "true"], capture_output=True, text=True)
+    probe = subprocess.run(["unshare", "--net", "true"], check=False, capture_output=True, text=True)
     if probe.returncode != 0:
         return f"unshare --net is not permitted here: {probe.stderr.strip()}"
     return None
@@ -371,6 +374,7 @@ def in_namespace(*args: str, timeout: float = 60) -> dict[str, Any]:
     env["PYTHONPATH"] = os.pathsep.join(p for p in (ROOT, env.get("PYTHONPATH")) if p)
     proc = subprocess.run(
         ["unshare", "--net", sys.executable, os.path.abspath(__file__), *args],
+        check=False,
         capture_output=True,
         text=True,
         timeout=timeout,
@@ -433,6 +437,7 @@ def test_source_specific_and_errors(base: str) -> None:
         "witness": {"127.0.0.2": N, "127.0.0.3": N},
     }
     assert r["ssm_v6"] == {"filtered": {"v1": N, "v0": 0}, "witness": {"v1": N, "v0": N}}
+    assert r["witness_index_is_v0"]
     errors = r["errors"]
     # Linux: EADDRNOTAVAIL for an interface address no interface has.
     assert errors["address_not_here"]["errno"] in (errno.EADDRNOTAVAIL, errno.ENODEV)
@@ -484,7 +489,9 @@ def _setup_namespace(ipv6: bool) -> None:
 
 
 def _link_local(dev: str) -> str | None:
-    out = subprocess.run(["ip", "-6", "-o", "addr", "show", "dev", dev, "scope", "link"], capture_output=True, text=True)
+    out = subprocess.run(
+        ["ip", "-6", "-o", "addr", "show", "dev", dev, "scope", "link"], check=False, capture_output=True, text=True
+    )
     for line in out.stdout.splitlines():
         if "tentative" not in line and " inet6 " in line:
             return line.split(" inet6 ")[1].split("/")[0]
@@ -796,7 +803,9 @@ def _scenario_ssm(base: str) -> dict[str, Any]:
         t_f, r_f = await loop.create_datagram_endpoint(
             Rx, local_addr=(group6, port), multicast=Multicast(interface="v0", source=v1_addr)
         )
-        t_w, r_w = await loop.create_datagram_endpoint(Rx, local_addr=(group6, port), multicast=Multicast(interface="v0"))
+        # The witness names v0 by its link-local address (no scope): found in the kernel's address table.
+        t_w, r_w = await loop.create_datagram_endpoint(Rx, local_addr=(group6, port), multicast=Multicast(interface=v0_addr))
+        report["witness_index_is_v0"] = t_w.get_extra_info("sockname")[3] == socket.if_nametoindex("v0")
         from_v0, _ = await loop.create_datagram_endpoint(
             asyncio.DatagramProtocol, remote_addr=(group6, port), multicast=Multicast(interface="v0", loopback=True)
         )
