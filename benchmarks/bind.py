@@ -51,7 +51,7 @@ class _Idle(asyncio.Protocol):
 def create_server_latency(base: str, pairs: int, *, host: Any, label: str, iterations: int) -> Result:
     """Microseconds per ``create_server(host, 0)`` + ``close()`` + ``wait_closed()``."""
 
-    async def workload(loop: asyncio.AbstractEventLoop) -> float:
+    async def workload(loop: asyncio.AbstractEventLoop) -> Stopwatch:
         watch = Stopwatch()
         watch.start()
         for _ in range(iterations):

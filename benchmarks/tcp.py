@@ -9,6 +9,7 @@ would show. Only the data exchange is timed, not connecting or closing.
 from __future__ import annotations
 
 import asyncio
+import functools
 from typing import Any
 
 from ._harness import Result, Stopwatch, compare
@@ -104,7 +105,7 @@ class RequestClient(_Client):
             self.done.set_result(None)
 
 
-async def _exchange(loop: asyncio.AbstractEventLoop, make_client: Any, connections: int) -> float:
+async def _exchange(loop: asyncio.AbstractEventLoop, make_client: Any, connections: int) -> Stopwatch:
     server = await loop.create_server(EchoServer, HOST, 0)
     port = server.sockets[0].getsockname()[1]
     clients = []
@@ -112,7 +113,7 @@ async def _exchange(loop: asyncio.AbstractEventLoop, make_client: Any, connectio
     try:
         for _ in range(connections):
             done = loop.create_future()
-            _, client = await loop.create_connection(lambda d=done: make_client(d), HOST, port)
+            _, client = await loop.create_connection(functools.partial(make_client, done), HOST, port)
             clients.append(client)
         watch.start()
         for client in clients:
@@ -127,14 +128,14 @@ async def _exchange(loop: asyncio.AbstractEventLoop, make_client: Any, connectio
         # Let the transports finish closing before the loop does.
         for _ in range(3):
             await asyncio.sleep(0)
-    return watch.seconds
+    return watch
 
 
 def throughput(base: str, pairs: int, *, total: int, chunk_size: int = 256 * 1024) -> Result:
     """MB/s echoed through one connection, *total* bytes each way per trial."""
     chunk = b"x" * chunk_size
 
-    async def workload(loop: asyncio.AbstractEventLoop) -> float:
+    async def workload(loop: asyncio.AbstractEventLoop) -> Stopwatch:
         return await _exchange(loop, lambda done: StreamClient(done, total, chunk), 1)
 
     result = Result(
@@ -154,7 +155,7 @@ def request_rate(base: str, pairs: int, *, connections: int, per_connection: int
     """Round trips per second of *size*-byte requests over *connections* concurrent connections."""
     request = b"r" * size
 
-    async def workload(loop: asyncio.AbstractEventLoop) -> float:
+    async def workload(loop: asyncio.AbstractEventLoop) -> Stopwatch:
         return await _exchange(loop, lambda done: RequestClient(done, per_connection, request), connections)
 
     result = Result(

@@ -10,6 +10,7 @@ down but never hang it.
 from __future__ import annotations
 
 import asyncio
+import functools
 from typing import Any
 
 from ._harness import Result, Stopwatch, compare
@@ -65,7 +66,7 @@ def ping_pong(base: str, pairs: int, *, clients: int, per_client: int, size: int
     """Round trips per second with *clients* endpoints each keeping one datagram in flight."""
     payload = b"p" * size
 
-    async def workload(loop: asyncio.AbstractEventLoop) -> float:
+    async def workload(loop: asyncio.AbstractEventLoop) -> Stopwatch:
         server, _ = await loop.create_datagram_endpoint(EchoServer, local_addr=(HOST, 0))
         address = server.get_extra_info("sockname")
         pingers: list[PingClient] = []
@@ -75,7 +76,7 @@ def ping_pong(base: str, pairs: int, *, clients: int, per_client: int, size: int
             for _ in range(clients):
                 done = loop.create_future()
                 _, client = await loop.create_datagram_endpoint(
-                    lambda d=done: PingClient(d, per_client, payload), remote_addr=address
+                    functools.partial(PingClient, done, per_client, payload), remote_addr=address
                 )
                 pingers.append(client)
             watch.start()
@@ -93,7 +94,7 @@ def ping_pong(base: str, pairs: int, *, clients: int, per_client: int, size: int
             server.close()
             for _ in range(3):
                 await asyncio.sleep(0)
-        return watch.seconds
+        return watch
 
     result = Result(
         "UDP ping-pong",
@@ -123,7 +124,7 @@ def open_endpoints(base: str, pairs: int, count: int, *, warmup: bool = False) -
     ``connection_lost`` awaited before the trial ends.
     """
 
-    async def workload(loop: asyncio.AbstractEventLoop) -> float:
+    async def workload(loop: asyncio.AbstractEventLoop) -> Stopwatch:
         transports: list[Any] = []
         closed: list[asyncio.Future[None]] = []
         watch = Stopwatch()
@@ -132,7 +133,7 @@ def open_endpoints(base: str, pairs: int, count: int, *, warmup: bool = False) -
             for _ in range(count):
                 future = loop.create_future()
                 transport, _ = await loop.create_datagram_endpoint(
-                    lambda f=future: _Quiet(f), local_addr=(HOST, 0)
+                    functools.partial(_Quiet, future), local_addr=(HOST, 0)
                 )
                 transports.append(transport)
                 closed.append(future)
@@ -141,7 +142,7 @@ def open_endpoints(base: str, pairs: int, count: int, *, warmup: bool = False) -
             for transport in transports:
                 transport.close()
             await asyncio.wait_for(asyncio.gather(*closed[: len(transports)]), timeout=120)
-        return watch.seconds
+        return watch
 
     result = Result(
         "UDP endpoints open",
