@@ -109,7 +109,8 @@ class _Holder:
         return {"ok": True}
 
     def collect(self, wait: float) -> dict[str, Any]:
-        count, samples = 0, []
+        count = 0
+        samples: list[str] = []
         sock = self.sock
         if sock is not None:
             deadline = time.monotonic() + wait

@@ -26,6 +26,7 @@ import platform
 import socket
 import sys
 from dataclasses import dataclass, field
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from ._attack import NOBODY, Agent, option_sets, resolve_user
@@ -161,8 +162,7 @@ async def _tcp_service(agents: list[Agent], exclusive: bool) -> Outcome:
             server.close()
             await server.wait_closed()
             raise AssertionError("the exclusive loop accepted reuse_port=True")
-    kwargs = {"reuse_port": True} if can_reuse_port and not exclusive else {}
-    server = await loop.create_server(lambda: _Victim(seen), HOST, 0, **kwargs)
+    server = await loop.create_server(lambda: _Victim(seen), HOST, 0, reuse_port=(can_reuse_port and not exclusive) or None)
     try:
         port = server.sockets[0].getsockname()[1]
         outcome = await _attack(agents, "tcp", port, seen)
@@ -202,6 +202,7 @@ def _run_on(coro_factory: Any, base: str, exclusive: bool) -> Outcome:
         from .policy import run
 
         return run(coro_factory(), base=base)  # type: ignore[no-any-return]
+    loop: asyncio.AbstractEventLoop
     if base == "uvloop":
         import uvloop
 
@@ -289,7 +290,7 @@ def run_demo(out: Out) -> int:
             "head",
         )
         failures = 0
-        cases = [
+        cases: list[tuple[str, str, Callable[[bool], Callable[[], Awaitable[Outcome]]]]] = [
             (
                 "1. TCP server started with reuse_port=True (as pre-fork servers such as hypercorn's workers do)",
                 "tcp",

@@ -210,7 +210,8 @@ def probe(host: str, port: int, *, udp: bool = False, users: list[str] | None = 
         raise ProbeError(f"port must be 1-65535, got {port}")
     addresses = _addresses(host, port, proto)
     me = Identity("this user", os.getuid() if hasattr(os, "getuid") else None, None)
-    present, absent = [], []
+    present: list[str] = []
+    absent: list[str] = []
     for address in addresses:
         reason = _presence(me, proto, address, port)
         (absent if reason else present).append(reason or address)

@@ -75,7 +75,7 @@ async def retry_bind(
         try:
             result = attempt()
             if inspect.isawaitable(result):
-                return await result  # type: ignore[no-any-return]
+                return await result
             return result
         except OSError as exc:
             if remaining == 0 or not is_address_in_use(exc):
