@@ -31,6 +31,7 @@ Three facts shape the code below:
 from __future__ import annotations
 
 import _socket
+import functools
 import ipaddress
 import os
 import socket
@@ -64,6 +65,7 @@ _type_of = _CSocket.type.__get__
 _getsockopt = _CSocket.getsockopt
 _setsockopt = _CSocket.setsockopt
 
+_AF_INET6 = getattr(socket, "AF_INET6", None)
 _TYPE_FLAGS = getattr(socket, "SOCK_NONBLOCK", 0) | getattr(socket, "SOCK_CLOEXEC", 0)
 _OPTIONS = {name: getattr(socket, name) for name in SHARING_OPTIONS if hasattr(socket, name)}
 
@@ -217,6 +219,27 @@ def _ip(host: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
         return None
 
 
+@functools.lru_cache(maxsize=256)
+def _classify(host: str) -> tuple[bool, bool]:
+    """(multicast, unspecified) for a numeric address; names are neither.
+
+    inet_pton rather than the ipaddress module: an order of magnitude cheaper
+    on the bind path, and servers bind the same few addresses over and over.
+    Names are not resolved here (that would be a second lookup, with its own
+    audit events, inside the bind): a name is treated as a unicast address.
+    """
+    text = host.split("%", 1)[0]
+    for family, multicast_first, length in ((socket.AF_INET, range(224, 240), 4), (_AF_INET6, range(255, 256), 16)):
+        if family is None:
+            continue
+        try:
+            packed = socket.inet_pton(family, text)
+        except (OSError, ValueError):
+            continue
+        return packed[0] in multicast_first, packed == bytes(length)
+    return False, False
+
+
 def _check_bind(args: tuple[Any, ...]) -> None:
     if len(args) != 2:
         return
@@ -248,14 +271,13 @@ def _check_bind(args: tuple[Any, ...]) -> None:
     assert plans is not None and reads is not None
     values = {name: _getsockopt(sock, socket.SOL_SOCKET, const) for name, const in reads[role]}
     if role is Role.UDP_UNICAST:
-        ip = _ip(host)
-        if ip is not None and ip.is_multicast:
+        is_multicast, is_unspecified = _classify(host)
+        if is_multicast:
             return  # a receiver bound to its group: sharing the port is the point
         multicast = plans[Role.UDP_MULTICAST]
         if (
             multicast.bind_to == "wildcard"
-            and ip is not None
-            and ip.is_unspecified
+            and is_unspecified
             and all(values.get(name) == value for name, value in multicast.set)
         ):
             # Windows' multicast receivers bind the wildcard with SO_REUSEADDR

@@ -41,15 +41,29 @@ if mode != "plain":
 else:
     import aioexclusive  # same imports on both sides
 
+def repick():
+    # The machine is shared: another process may take "our" port between two
+    # iterations. Move to a fresh one rather than fail (rare; costs one bind).
+    global port
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+
 def bind_plain_tcp():
     s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    s.bind(("127.0.0.1", port))
+    try:
+        s.bind(("127.0.0.1", port))
+    except OSError:
+        repick()
     s.close()
 
 def bind_shareable_udp():
     s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    s.bind(("127.0.0.1", port))
+    try:
+        s.bind(("127.0.0.1", port))
+    except OSError:
+        repick()
     s.close()
 
 def bind_port0_tcp():
