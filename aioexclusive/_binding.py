@@ -69,6 +69,9 @@ def hosts_of(host: object) -> list[str | None]:
 _INET_FAMILIES = (socket.AF_INET, socket.AF_INET6) if _HAS_IPV6 else (socket.AF_INET,)
 _KINDS = {int(socket.SOCK_STREAM): socket.SOCK_STREAM, int(socket.SOCK_DGRAM): socket.SOCK_DGRAM}
 _DEFAULT_PROTO = {socket.SOCK_STREAM: socket.IPPROTO_TCP, socket.SOCK_DGRAM: socket.IPPROTO_UDP}
+# A plain int: `flags & socket.AI_CANONNAME` would be an enum operation in
+# Python, which costs more than the rest of this function.
+_AI_CANONNAME = int(socket.AI_CANONNAME)
 
 
 def numeric_addrinfo(
@@ -88,7 +91,7 @@ def numeric_addrinfo(
         or isinstance(port, bool)
         or not isinstance(port, int)
         or not 0 <= port <= 65535
-        or flags & socket.AI_CANONNAME
+        or flags & _AI_CANONNAME
     ):
         return None
     kind = _KINDS.get(type)

@@ -117,8 +117,13 @@ class ExclusiveLoopMixin:
         # errors), and making one costs about as much as a UDP bind: reuse it.
         # Only exact True/False/None flags are cached: 0 == False as a key, but
         # make_plan tells them apart.
-        key = (role, allow, request.get("reuse_address"), request.get("reuse_port"))
-        if all(v is None or v is True or v is False for v in key[2:]) and request.keys() <= _PLAN_REQUEST:
+        reuse_address, reuse_port = request.get("reuse_address"), request.get("reuse_port")
+        if (
+            (reuse_address is None or reuse_address is True or reuse_address is False)
+            and (reuse_port is None or reuse_port is True or reuse_port is False)
+            and _PLAN_REQUEST.issuperset(request)
+        ):
+            key = (role, allow, reuse_address, reuse_port)
             plan = _PLANS.get(key)
             if plan is None:
                 plan = _PLANS[key] = make_plan(role, allow_reuse_port=allow, **request)
