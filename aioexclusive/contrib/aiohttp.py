@@ -24,7 +24,7 @@ from aiohttp import web
 
 from .._loops import ExclusiveLoopMixin
 from ..policy import new_event_loop
-from ._unix import bind_unix_socket
+from ._unix_bind import bind_unix_socket
 
 __all__ = ["run_app"]
 

@@ -40,7 +40,7 @@ from .._binding import audit_socket, bind_socket
 from .._errors import ExclusivityError
 from .._loops import ExclusiveLoopMixin
 from .._plan import Role, make_plan
-from ._unix import bind_unix_socket
+from ._unix_bind import bind_unix_socket
 
 __all__ = ["ExclusiveConfig"]
 

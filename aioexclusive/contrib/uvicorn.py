@@ -35,7 +35,7 @@ from .._errors import ExclusivityError
 from .._loops import ExclusiveLoopMixin, exclusive_loop_class
 from .._plan import Role, make_plan
 from ..policy import new_event_loop
-from ._unix import bind_unix_socket
+from ._unix_bind import bind_unix_socket
 
 __all__ = ["Config", "run"]
 

@@ -6,6 +6,10 @@ binding, whether or not a server still answers on it. A second instance started
 by mistake then silently steals every new connection while the first one keeps
 running with an orphaned socket. This helper binds the way a server should:
 refuse when someone answers at the path, replace the file only when nobody does.
+
+It is synchronous because the frameworks bind before any loop runs
+(``Config.bind_socket``, ``create_sockets``); the exclusive loops'
+``create_unix_server`` applies the same rules through ``aioexclusive._unix``.
 """
 
 from __future__ import annotations
