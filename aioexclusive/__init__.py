@@ -10,14 +10,19 @@ from typing import TYPE_CHECKING, Any
 
 from ._binding import bind_socket
 from ._errors import AddressInUseError, ExclusivityError, ExclusivityWarning
-from ._guard import guard
 from ._loops import ExclusiveLoopMixin, LoopOptions, exclusive_loop_class
-from ._multicast import Multicast, MulticastTransport
 from ._plan import BindPlan, Role, current_platform, make_plan
 from .policy import new_event_loop, run
 
 if TYPE_CHECKING:
+    from ._guard import guard
+    from ._multicast import Multicast, MulticastTransport
     from .policy import ExclusiveEventLoopPolicy
+
+# Loaded on first use: multicast and the process-wide guard are opt-ins, and
+# their modules were a third of the time `import aioexclusive` takes
+# (python -m benchmarks --only import).
+_LAZY = {"guard": "._guard", "Multicast": "._multicast", "MulticastTransport": "._multicast"}
 
 __version__ = "0.1.0"
 
@@ -48,4 +53,10 @@ def __getattr__(name: str) -> Any:
         from . import policy
 
         return policy.ExclusiveEventLoopPolicy
+    if name in _LAZY:
+        from importlib import import_module
+
+        value = getattr(import_module(_LAZY[name], __name__), name)
+        globals()[name] = value
+        return value
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -27,7 +27,6 @@ from ._binding import (
     open_bound_sockets,
     resolve,
 )
-from ._multicast import create_multicast_endpoint
 from ._plan import BindPlan, Role, make_plan
 from ._server import MultiServer
 
@@ -260,6 +259,9 @@ class ExclusiveLoopMixin:
         if reuse_address is not _UNSET and sys.version_info >= _DATAGRAM_REUSE_ADDRESS_UNTIL:
             raise TypeError("create_datagram_endpoint() got an unexpected keyword argument 'reuse_address'")
         if multicast is not None and multicast is not False:
+            # An opt-in: its module is loaded on first use (see __init__).
+            from ._multicast import create_multicast_endpoint
+
             return await create_multicast_endpoint(
                 self, super().create_datagram_endpoint, protocol_factory, local_addr, remote_addr, multicast,  # type: ignore[misc]
                 family=family, proto=proto, flags=flags, reuse_address=reuse_address is True,
