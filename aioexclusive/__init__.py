@@ -20,7 +20,7 @@ if TYPE_CHECKING:
     from .policy import ExclusiveEventLoopPolicy
 
 # Loaded on first use: multicast and the process-wide guard are opt-ins, and
-# their modules were a third of the time `import aioexclusive` takes
+# their modules were about half of what `import aioexclusive` costs
 # (python -m benchmarks --only import).
 _LAZY = {"guard": "._guard", "Multicast": "._multicast", "MulticastTransport": "._multicast"}
 
