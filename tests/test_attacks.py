@@ -12,7 +12,7 @@ import sys
 
 import pytest
 from attacker import OPTION_SETS, Attacker, send_traffic
-from conftest import HAVE_UVLOOP, needs_ipv6, run, run_plain
+from harness import HAVE_UVLOOP, needs_ipv6, run, run_plain
 from services import LOOPBACK, WILDCARD, adopt_service, open_service
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the attacker matrix encodes Linux rules")

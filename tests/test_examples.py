@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import HAVE_UVLOOP
+from harness import HAVE_UVLOOP
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 

@@ -13,7 +13,7 @@ import warnings
 from typing import Any
 
 import pytest
-from conftest import open_fds
+from harness import open_fds
 
 import aioexclusive
 from aioexclusive import AddressInUseError, ExclusivityError
@@ -72,6 +72,13 @@ _warmed: set[str] = set()
 
 async def _noop() -> None:
     await asyncio.sleep(0)
+
+
+@pytest.fixture(autouse=True)
+def _in_scratch_dir(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
+    # family=AF_UNIX turns a host string into a socket *path*: keep those out
+    # of the source tree.
+    monkeypatch.chdir(tmp_path_factory.mktemp("hostile"))
 
 
 def _check(base: str, call: str, args: dict[str, Any]) -> None:

@@ -10,7 +10,7 @@ import warnings
 from typing import Any
 
 import pytest
-from conftest import HAVE_IPV6, HAVE_UVLOOP, needs_ipv6, run
+from harness import HAVE_IPV6, HAVE_UVLOOP, needs_ipv6, run
 from services import open_service
 
 import aioexclusive

@@ -1,0 +1,72 @@
+"""Shared helpers for the test modules (imported as ``harness``).
+
+Kept out of conftest.py: several conftest.py files exist in this tree, and a
+test module importing "conftest" would get whichever was imported last.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sys
+from typing import Any
+
+import pytest
+
+IS_ROOT = hasattr(os, "geteuid") and os.geteuid() == 0
+ON_LINUX = sys.platform.startswith("linux")
+
+try:
+    import uvloop  # noqa: F401
+
+    HAVE_UVLOOP = True
+except ImportError:
+    HAVE_UVLOOP = False
+
+BASES = [
+    pytest.param("asyncio", id="asyncio"),
+    pytest.param(
+        "uvloop", id="uvloop", marks=pytest.mark.skipif(not HAVE_UVLOOP, reason="uvloop is not installed")
+    ),
+]
+
+
+def open_fds() -> set[int]:
+    return {int(fd) for fd in os.listdir("/proc/self/fd")}
+
+
+def ipv6_available() -> bool:
+    import socket
+
+    try:
+        with socket.socket(socket.AF_INET6, socket.SOCK_STREAM) as s:
+            s.bind(("::1", 0))
+        return True
+    except OSError:
+        return False
+
+
+HAVE_IPV6 = ipv6_available()
+needs_ipv6 = pytest.mark.skipif(not HAVE_IPV6, reason="IPv6 loopback (::1) is not available here")
+
+
+def run(coro, base: str = "asyncio", **options):  # type: ignore[no-untyped-def]
+    """Run *coro* on a fresh exclusive loop of *base*."""
+    import aioexclusive
+
+    return aioexclusive.run(coro, base=base, **options)
+
+
+def run_plain(coro, base: str = "asyncio"):  # type: ignore[no-untyped-def]
+    """Run *coro* on a plain (non-exclusive) loop of *base*, for control cases."""
+    if base == "uvloop":
+        import uvloop
+
+        loop = uvloop.new_event_loop()
+    else:
+        loop = asyncio.new_event_loop()
+    try:
+        return loop.run_until_complete(coro)
+    finally:
+        loop.run_until_complete(loop.shutdown_asyncgens())
+        loop.close()
