@@ -28,7 +28,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from ._binding import check_port, clear_forbidden_options, open_bound_sockets, resolve
+from ._binding import check_port, clear_forbidden_options, new_socket, open_bound_sockets, resolve
 from ._errors import ExclusivityError
 from ._plan import BindPlan, Platform, Role, current_platform
 
@@ -910,8 +910,9 @@ async def _sender(
     if bound is not None:
         sock = _one_bound_socket(bound, plan, loop.exclusive_options.strict)
     else:
-        sock = socket.socket(fam, socket.SOCK_DGRAM, proto)
-        sock.setblocking(False)
+        # Unbound: the OS picks the port at connect/first send. The plan still
+        # applies (Windows: SO_EXCLUSIVEADDRUSE before that implicit bind).
+        sock = new_socket(fam, socket.SOCK_DGRAM, proto, plan, strict=loop.exclusive_options.strict)
     try:
         _apply_all(sock, setup, f"sending to {target[0] if target else 'a group'} on {iface.label}")
         if allow_broadcast:
