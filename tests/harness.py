@@ -70,3 +70,21 @@ def run_plain(coro, base: str = "asyncio"):  # type: ignore[no-untyped-def]
     finally:
         loop.run_until_complete(loop.shutdown_asyncgens())
         loop.close()
+
+
+_warmed = False
+
+
+def warm_up_loops() -> None:
+    """Open and close one loop of each base, once per process.
+
+    uvloop's first loop opens process-wide descriptors (libuv's signal pipe)
+    that live as long as the process: not a leak, but a descriptor count taken
+    before that first loop would report one.
+    """
+    global _warmed
+    if _warmed:
+        return
+    _warmed = True
+    for base in ("asyncio", "uvloop") if HAVE_UVLOOP else ("asyncio",):
+        run(asyncio.sleep(0), base)

@@ -13,7 +13,7 @@ import warnings
 from typing import Any
 
 import pytest
-from harness import open_fds
+from harness import open_fds, warm_up_loops
 
 import aioexclusive
 from aioexclusive import AddressInUseError, ExclusivityError
@@ -67,13 +67,6 @@ async def _attempt(call: str, args: dict[str, Any]) -> None:
         pass
 
 
-_warmed: set[str] = set()
-
-
-async def _noop() -> None:
-    await asyncio.sleep(0)
-
-
 @pytest.fixture(autouse=True)
 def _in_scratch_dir(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
     # family=AF_UNIX turns a host string into a socket *path*: keep those out
@@ -82,11 +75,7 @@ def _in_scratch_dir(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytes
 
 
 def _check(base: str, call: str, args: dict[str, Any]) -> None:
-    if base not in _warmed:
-        # A base's first loop opens process-wide descriptors it keeps (uvloop's
-        # libuv state): not a leak of ours, so let them exist before counting.
-        aioexclusive.run(_noop(), base=base)
-        _warmed.add(base)
+    warm_up_loops()
     before = open_fds()
     with warnings.catch_warnings():
         warnings.simplefilter("error", ResourceWarning)
