@@ -33,6 +33,7 @@ class Mode:
     endpoint_counts: tuple[int, ...]
     endpoint_pairs: int
     import_rounds: int
+    control: bool = False  # add an A/A (plain vs plain) request-rate row per base
 
 
 # Quick: every benchmark runs (so CI notices when one breaks) with few pairs;
@@ -50,16 +51,17 @@ QUICK = Mode(
     import_rounds=4,
 )
 FULL = Mode(
-    pairs=16,
-    stream_bytes=48 << 20,
+    pairs=24,
+    stream_bytes=32 << 20,
     connections=64,
-    requests_per_connection=150,
+    requests_per_connection=100,
     udp_clients=8,
-    udp_round_trips=1500,
-    server_iterations=150,
+    udp_round_trips=1000,
+    server_iterations=100,
     endpoint_counts=(1000, 5000, 10000),
     endpoint_pairs=4,
     import_rounds=30,
+    control=True,
 )
 
 BENCHMARKS = ("throughput", "requests", "udp", "create_server", "endpoints", "import", "guard")
@@ -151,7 +153,11 @@ def main(argv: list[str] | None = None) -> int:
     def step(label: str) -> None:
         print(f"[{time.time() - started:6.1f}s] {label}", file=sys.stderr, flush=True)
 
+    same_transports: dict[str, Any] = {}
     for base in bases:
+        if selected != ["import"] and selected != ["guard"]:
+            classes = tcp.transport_classes(base)
+            same_transports[base] = {"same": classes[PLAIN] == classes[EXCLUSIVE], **classes}
         if "throughput" in selected:
             step(f"{base}: TCP echo throughput")
             results.append(tcp.throughput(base, mode.pairs, total=mode.stream_bytes))
@@ -162,6 +168,17 @@ def main(argv: list[str] | None = None) -> int:
                     base, mode.pairs, connections=mode.connections, per_connection=mode.requests_per_connection
                 )
             )
+            if mode.control:
+                step(f"{base}: TCP request rate, A/A control")
+                results.append(
+                    tcp.request_rate(
+                        base,
+                        mode.pairs,
+                        connections=mode.connections,
+                        per_connection=mode.requests_per_connection,
+                        control=True,
+                    )
+                )
         if "udp" in selected:
             step(f"{base}: UDP ping-pong")
             results.append(
@@ -212,11 +229,18 @@ def main(argv: list[str] | None = None) -> int:
         else:
             step("guard overhead")
             guard_figures = guard_overhead.run(quick=args.quick)
+    meta["transport_classes"] = same_transports
     meta["seconds"] = round(time.time() - started, 1)
     meta["load_average_end"] = os.getloadavg() if hasattr(os, "getloadavg") else None
 
     print()
     print(table(results))
+    for base, found in same_transports.items():
+        verdict = "the same classes" if found["same"] else "DIFFERENT classes"
+        print(
+            f"{base}: server, accepted, client and UDP transports of the exclusive loop are {verdict} "
+            f"as the plain loop's ({', '.join(name.rsplit('.', 1)[-1] for name in found[EXCLUSIVE])})"
+        )
     growth_lines = growth(results)
     if growth_lines:
         print("\nUDP endpoints, growth of the per-endpoint cost (target: linear):")

@@ -197,6 +197,7 @@ def compare(
     *,
     scale: float = 1.0,
     warmup: bool = True,
+    control: bool = False,
 ) -> Result:
     """Fill *result* with *pairs* alternating plain/exclusive trials of *workload*.
 
@@ -204,6 +205,9 @@ def compare(
     metric stored is ``work / seconds`` (higher is better) or
     ``seconds * scale / work`` (lower is better), from CPU seconds, and from
     wall-clock seconds beside it.
+
+    With *control*, both sides run the plain loop (an A/A test): the spread of
+    its ratios is the noise floor, what a comparison shows when nothing differs.
     """
 
     def metric(seconds: float) -> float:
@@ -214,11 +218,11 @@ def compare(
         # First use pays for imports, caches and lazily built classes; keep
         # that out of the first pair.
         for side in (PLAIN, EXCLUSIVE):
-            run_trial(result.base, side, workload)
+            run_trial(result.base, PLAIN if control else side, workload)
     for order in schedule(pairs):
         got: dict[str, Stopwatch] = {}
         for side in order:
-            got[side] = run_trial(result.base, side, workload)
+            got[side] = run_trial(result.base, PLAIN if control else side, workload)
         result.plain.append(metric(got[PLAIN].cpu))
         result.exclusive.append(metric(got[EXCLUSIVE].cpu))
         result.plain_wall.append(metric(got[PLAIN].seconds))
