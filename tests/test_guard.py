@@ -191,6 +191,8 @@ def _child_main(spec: dict[str, Any]) -> dict[str, Any]:
         ]
         if sock is None:
             # Was the port touched? A refused bind must not have happened.
+            # (The probe is a plain socket: the guard, off now, must not judge it.)
+            aioexclusive.guard("off")
             probe = socket.socket(socket.AF_INET, socket.SOCK_STREAM if spec["scenario"] != "udp_reuseaddr" else socket.SOCK_DGRAM)
             try:
                 probe.bind(("127.0.0.1", port))
@@ -222,9 +224,17 @@ def _child_entry() -> None:
 
 
 def _clean_env(**extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("AIOEXCLUSIVE_GUARD")}
+    """The environment without the guard's variables (the .pth must stay inert unless a test sets them)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AIOEXCLUSIVE_GUARD") and k != "PYTHONPATH"}
     env.update(extra)
     return env
+
+
+def _child_env(**extra: str) -> dict[str, str]:
+    """A child imports the very aioexclusive this process tests (a checkout or an installed copy)."""
+    import aioexclusive
+
+    return _clean_env(PYTHONPATH=str(Path(aioexclusive.__file__).resolve().parent.parent), **extra)
 
 
 def free_port(kind: int = socket.SOCK_STREAM) -> int:
@@ -254,7 +264,7 @@ def run_child(scenario: str, modes: list[str], **spec: Any) -> dict[str, Any]:
         capture_output=True,
         text=True,
         timeout=120,
-        env=_clean_env(),
+        env=_child_env(),
         cwd=str(TESTS),
     )
     assert proc.returncode == 0, f"child failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}"
@@ -420,7 +430,7 @@ def _run_code(code: str, **env: str) -> subprocess.CompletedProcess[str]:
         capture_output=True,
         text=True,
         timeout=120,
-        env=_clean_env(**env),
+        env=_child_env(**env),
         cwd=str(TESTS),
     )
 
