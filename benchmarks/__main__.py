@@ -33,7 +33,7 @@ class Mode:
     endpoint_counts: tuple[int, ...]
     endpoint_pairs: int
     import_rounds: int
-    control: bool = False  # add an A/A (plain vs plain) request-rate row per base
+    control: bool = False  # add A/A (plain vs plain) rows for request rate and UDP per base
 
 
 # Quick: every benchmark runs (so CI notices when one breaks) with few pairs;
@@ -184,6 +184,13 @@ def main(argv: list[str] | None = None) -> int:
             results.append(
                 udp.ping_pong(base, mode.pairs, clients=mode.udp_clients, per_client=mode.udp_round_trips)
             )
+            if mode.control:
+                step(f"{base}: UDP ping-pong, A/A control")
+                results.append(
+                    udp.ping_pong(
+                        base, mode.pairs, clients=mode.udp_clients, per_client=mode.udp_round_trips, control=True
+                    )
+                )
         if "create_server" in selected:
             step(f"{base}: create_server + close")
             results.append(
