@@ -44,7 +44,16 @@ from types import FrameType
 from typing import Any, Literal, Union
 
 from ._errors import ExclusivityError, ExclusivityWarning
-from ._plan import SHARING_OPTIONS, SO_EXCLUSIVEADDRUSE, BindPlan, Platform, Role, _who_can_share, current_platform, make_plan
+from ._plan import (
+    SHARING_OPTIONS,
+    SO_EXCLUSIVEADDRUSE,
+    BindPlan,
+    Platform,
+    Role,
+    _who_can_share,
+    current_platform,
+    make_plan,
+)
 
 __all__ = ["ENV_ALLOW", "ENV_VAR", "MODES", "GuardMode", "activate_from_environment", "current_mode", "guard"]
 
@@ -200,7 +209,7 @@ def _hook(event: str, args: tuple[Any, ...]) -> None:
         _check_bind(args)
     except ExclusivityError:
         raise
-    except Exception:
+    except Exception:  # noqa: BLE001, S110 - see below: the hook must not break a bind
         # A socket we cannot read, an address we do not understand, a bug of
         # ours: the bind proceeds exactly as it would without the guard (it
         # fails on its own if the socket is broken). Raising here would turn
@@ -461,8 +470,8 @@ def activate_from_environment() -> None:
             raise ValueError(f"expected one of {', '.join(MODES)}")
         allow = os.environ.get(ENV_ALLOW, "").replace(",", " ").split()
         guard(value, allow=allow)
-    except Exception as exc:
+    except Exception as exc:  # noqa: BLE001 - start-up must go on, whatever went wrong
         try:
             sys.stderr.write(f"aioexclusive: {ENV_VAR}={value!r} ignored, the guard is NOT on: {exc}\n")
-        except Exception:
+        except Exception:  # noqa: BLE001, S110 - no stderr to report on
             pass

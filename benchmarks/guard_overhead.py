@@ -143,7 +143,7 @@ def _free_port() -> int:
 
 def _child(mode: str, iterations: int, port: int) -> dict[str, float]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("AIOEXCLUSIVE_GUARD")}
-    proc = subprocess.run(
+    proc = subprocess.run(  # noqa: PLW1510 - the return code is checked
         [sys.executable, "-c", _CHILD, mode, str(iterations), str(port)],
         capture_output=True,
         text=True,

@@ -58,7 +58,7 @@ def pth_active() -> bool:
     """Does AIOEXCLUSIVE_GUARD reach a fresh interpreter through the installed .pth?"""
     probe = "import sys; print('aioexclusive._guard' in sys.modules)"
     env = dict(os.environ, AIOEXCLUSIVE_GUARD="off")
-    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, env=env, cwd=tempfile.gettempdir())
+    out = subprocess.run([sys.executable, "-c", probe], check=False, capture_output=True, text=True, env=env, cwd=tempfile.gettempdir())
     return out.stdout.strip() == "True"
 
 

@@ -182,7 +182,7 @@ def _child_main(spec: dict[str, Any]) -> dict[str, Any]:
             warnings.simplefilter(spec.get("warnings", "always"))
             try:
                 sock = SCENARIOS[spec["scenario"]](port)
-            except Exception as exc:
+            except Exception as exc:  # noqa: BLE001 - reported to the parent, which asserts on it
                 result["error"] = {"type": type(exc).__name__, "module": type(exc).__module__, "message": str(exc)}
         result["warnings"] = [
             {"category": w.category.__name__, "message": str(w.message), "filename": w.filename, "lineno": w.lineno}
@@ -259,7 +259,7 @@ def run_child(scenario: str, modes: list[str], **spec: Any) -> dict[str, Any]:
     spec.update(scenario=scenario, modes=modes)
     spec.setdefault("port", free_port())
     code = f"import sys; sys.path.insert(0, {str(TESTS)!r}); import test_guard; test_guard._child_entry()"
-    proc = subprocess.run(
+    proc = subprocess.run(  # noqa: PLW1510 - the return code is checked
         [sys.executable, "-c", code, json.dumps(spec)],
         capture_output=True,
         text=True,
@@ -425,7 +425,7 @@ def test_warnings_as_errors_become_exclusivity_error() -> None:
 
 
 def _run_code(code: str, **env: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
+    return subprocess.run(  # noqa: PLW1510 - the return code is checked
         [sys.executable, "-c", textwrap.dedent(code)],
         capture_output=True,
         text=True,
@@ -568,7 +568,7 @@ def _build_wheel(dest: Path) -> Path:
         command.insert(4, "--no-build-isolation")
     except ImportError:
         pass  # pip fetches hatchling into an isolated build environment
-    proc = subprocess.run(command, capture_output=True, text=True, timeout=600)
+    proc = subprocess.run(command, check=False, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, f"building the wheel failed:\n{proc.stdout}\n{proc.stderr}"
     (wheel,) = dest.glob("aioexclusive-*.whl")
     return wheel
@@ -582,7 +582,7 @@ def guarded_venv(tmp_path_factory: pytest.TempPathFactory) -> Path:
     venv = base / "venv"
     subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=300)
     python = venv / ("Scripts/python.exe" if WINDOWS else "bin/python")
-    proc = subprocess.run(
+    proc = subprocess.run(  # noqa: PLW1510 - the return code is checked
         [str(python), "-m", "pip", "install", "-q", "--no-deps", "--no-index", str(wheel)],
         capture_output=True,
         text=True,
@@ -609,7 +609,7 @@ finally:
 def _pth_run(python: Path, flags: list[str], **env: str) -> subprocess.CompletedProcess[str]:
     code = _PTH_PROBE.replace("PORT", str(free_port(socket.SOCK_DGRAM)))
     # cwd away from the checkout, so the installed copy is what runs.
-    return subprocess.run(
+    return subprocess.run(  # noqa: PLW1510 - the return code is checked
         [str(python), *flags, "-c", code], capture_output=True, text=True, timeout=120, env=_clean_env(**env), cwd=str(python.parent)
     )
 
@@ -691,7 +691,7 @@ def test_pth_line_is_tiny_and_inert() -> None:
     before = set(sys.modules)
     saved = os.environ.pop("AIOEXCLUSIVE_GUARD", None)
     try:
-        exec(lines[0], namespace)  # what site.addpackage does with it
+        exec(lines[0], namespace)  # noqa: S102 - what site.addpackage does with it
     finally:
         if saved is not None:
             os.environ["AIOEXCLUSIVE_GUARD"] = saved
