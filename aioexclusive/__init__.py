@@ -17,12 +17,20 @@ from .policy import new_event_loop, run
 if TYPE_CHECKING:
     from ._guard import guard
     from ._multicast import Multicast, MulticastTransport
+    from ._restart import GracefulShutdown, ShutdownResult, retry_bind
     from .policy import ExclusiveEventLoopPolicy
 
 # Loaded on first use: multicast and the process-wide guard are opt-ins, and
 # their modules were about half of what `import aioexclusive` costs
 # (python -m benchmarks --only import).
-_LAZY = {"guard": "._guard", "Multicast": "._multicast", "MulticastTransport": "._multicast"}
+_LAZY = {
+    "guard": "._guard",
+    "Multicast": "._multicast",
+    "MulticastTransport": "._multicast",
+    "GracefulShutdown": "._restart",
+    "ShutdownResult": "._restart",
+    "retry_bind": "._restart",
+}
 
 __version__ = "0.1.0"
 
@@ -33,16 +41,19 @@ __all__ = [
     "ExclusiveLoopMixin",
     "ExclusivityError",
     "ExclusivityWarning",
+    "GracefulShutdown",
     "LoopOptions",
     "Multicast",
     "MulticastTransport",
     "Role",
+    "ShutdownResult",
     "bind_socket",
     "current_platform",
     "exclusive_loop_class",
     "guard",
     "make_plan",
     "new_event_loop",
+    "retry_bind",
     "run",
 ]
 

@@ -29,17 +29,6 @@ except ImportError:
     HAVE_PSUTIL = False
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _warm_uvloop() -> None:
-    # libuv opens a process-wide signal pipe the first time a uvloop loop
-    # runs; open it before no_fd_leak counts descriptors.
-    try:
-        import uvloop
-    except ImportError:
-        return
-    loop = uvloop.new_event_loop()
-    loop.run_until_complete(asyncio.sleep(0))
-    loop.close()
 
 
 @pytest.fixture
