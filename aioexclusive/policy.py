@@ -21,7 +21,7 @@ __all__ = ["ExclusiveEventLoopPolicy", "new_event_loop", "run"]
 _T = TypeVar("_T")
 
 
-def new_event_loop(base: str | type | None = None, **options: bool) -> asyncio.AbstractEventLoop:
+def new_event_loop(base: str | type | None = None, **options: bool | tuple[int, float] | None) -> asyncio.AbstractEventLoop:
     """A new exclusive event loop.
 
     Args:
@@ -45,7 +45,7 @@ def run(
     *,
     base: str | type | None = None,
     debug: bool | None = None,
-    **options: bool,
+    **options: bool | tuple[int, float] | None,
 ) -> _T:
     """Run *main* on a new exclusive loop, like `asyncio.run`, on every supported Python."""
     LoopOptions.from_kwargs("run", options)
@@ -113,7 +113,7 @@ def _policy_base() -> type:
 if TYPE_CHECKING:
 
     class ExclusiveEventLoopPolicy(asyncio.DefaultEventLoopPolicy):
-        def __init__(self, base: str | type | None = None, **options: bool) -> None: ...
+        def __init__(self, base: str | type | None = None, **options: bool | tuple[int, float] | None) -> None: ...
 
 else:
 
@@ -136,7 +136,7 @@ def _make_policy_class() -> type:
         prefer ``loop_factory=aioexclusive.new_event_loop``.
         """
 
-        def __init__(self, base: str | type | None = None, **options: bool) -> None:
+        def __init__(self, base: str | type | None = None, **options: bool | tuple[int, float] | None) -> None:
             if sys.version_info >= (3, 14):
                 warnings.warn(
                     "event loop policies are deprecated since Python 3.14; use "
