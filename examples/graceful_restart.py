@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import socket
 
 import aioexclusive
@@ -74,7 +75,7 @@ async def main(restarts: int) -> None:
     clients = asyncio.gather(*(client(port, f"client-{i}", per_instance * (restarts + 1) // 4, stats) for i in range(4)))
     for instance in range(1, restarts + 2):
         graceful = aioexclusive.GracefulShutdown()
-        server = await loop.create_server(graceful.wrap(lambda instance=instance: Echo(instance)), "127.0.0.1", port)
+        server = await loop.create_server(graceful.wrap(functools.partial(Echo, instance)), "127.0.0.1", port)
         print(f"instance {instance} serving on 127.0.0.1:{port}")
         target = stats["answers"] + per_instance
         while stats["answers"] < target and not clients.done():
