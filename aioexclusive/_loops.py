@@ -110,6 +110,12 @@ class ExclusiveLoopMixin:
         """The `LoopOptions` this loop was built with."""
         return self._exclusive_options
 
+    def _allow_shared_sock(self) -> bool:
+        # allow_reuse_port lets a caller's sock= carry SO_REUSEPORT. Windows has
+        # no such option (and the plan refuses reuse_port there outright), so
+        # there the loop option changes nothing and sockets are audited as usual.
+        return self._exclusive_options.allow_reuse_port and hasattr(socket, "SO_REUSEPORT")
+
     def _plan(self, role: Role, **request: Any) -> BindPlan:
         allow = self._exclusive_options.allow_reuse_port
         # A plan depends only on the role and the flags (the address only words
@@ -177,7 +183,7 @@ class ExclusiveLoopMixin:
                 socket.AF_INET6,
             ):
                 # With allow_reuse_port the caller may hand over a socket it shares on purpose.
-                shared_ok = reuse_port or self._exclusive_options.allow_reuse_port
+                shared_ok = reuse_port or self._allow_shared_sock()
                 audit_socket(sock, self._plan(Role.TCP_LISTENER, reuse_port=shared_ok))
             server: asyncio.AbstractServer = await base_create_server(
                 protocol_factory, sock=sock, backlog=backlog, start_serving=start_serving, **tls
@@ -279,7 +285,7 @@ class ExclusiveLoopMixin:
 
         if sock is not None:
             # With allow_reuse_port the caller may hand over a socket it shares on purpose.
-            plan = self._plan(Role.UDP_UNICAST, reuse_port=self._exclusive_options.allow_reuse_port)
+            plan = self._plan(Role.UDP_UNICAST, reuse_port=self._allow_shared_sock())
             factory = protocol_factory
             if not is_unix and getattr(sock, "type", None) == socket.SOCK_DGRAM:
                 audit_socket(sock, plan)
