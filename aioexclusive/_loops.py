@@ -386,6 +386,26 @@ class ExclusiveLoopMixin:
         except BaseException:
             sock.close()
             raise
+        if remote is not None and isinstance(self, asyncio.BaseEventLoop):
+            # The stdlib transports know their peer only when asyncio connected
+            # the socket itself (it passes r_addr to the transport); adopted
+            # through sock= they have none, and the Proactor's then reads with
+            # recvfrom and sends sendto(data) through WSASendTo(addr=None), a
+            # TypeError that kills the transport. So build the transport the way
+            # asyncio's own remote_addr path does, with the peer.
+            try:
+                protocol = protocol_factory()
+                waiter = self.create_future()
+                transport = self._make_datagram_transport(sock, protocol, remote, waiter)
+            except BaseException:
+                sock.close()
+                raise
+            try:
+                await waiter
+            except BaseException:
+                transport.close()
+                raise
+            return transport, protocol
         if not self._exclusive_adoption_shares_udp:
             try:
                 transport, protocol = await super().create_datagram_endpoint(  # type: ignore[misc]
