@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import re
 import socket
 import sys
 from typing import Any
@@ -279,3 +280,14 @@ def test_retry_bind_retries_only_address_in_use() -> None:
 def test_bind_retry_is_validated(value: object, error: type) -> None:
     with pytest.raises(error, match="bind_retry"):
         aioexclusive.new_event_loop(bind_retry=value)  # type: ignore[arg-type]
+
+
+def test_graceful_restart_example_runs() -> None:
+    import subprocess
+    from pathlib import Path
+
+    example = Path(__file__).resolve().parent.parent / "examples" / "graceful_restart.py"
+    out = subprocess.run([sys.executable, str(example), "--restarts", "2"], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert re.search(r"instance 2 stopped: [1-4] connections drained, 0 aborted", out.stdout), out.stdout
+    assert out.stdout.rstrip().endswith("0 broken"), out.stdout
