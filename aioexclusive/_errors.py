@@ -110,14 +110,28 @@ class AddressInUseError(OSError):
         self.holder = holder
 
     def __reduce__(self):  # type: ignore[no-untyped-def]
-        # OSError pickles through its args; keep ours for multiprocessing.
-        return (_rebuild_address_in_use, (self.protocol, self.address, self.port, self.errno, self.strerror, self.holder))
+        # OSError pickles through its args; keep ours for multiprocessing
+        # (spawn on Windows), the WinError included: it is what tells
+        # WSAEACCES from WSAEADDRINUSE there.
+        winerror = getattr(self, "winerror", None)
+        return (
+            _rebuild_address_in_use,
+            (self.protocol, self.address, self.port, self.errno, self.strerror, self.holder, winerror),
+        )
 
 
 def _rebuild_address_in_use(
-    protocol: str, address: str, port: int | None, errno: int, strerror: str, holder: str | None
+    protocol: str,
+    address: str,
+    port: int | None,
+    errno: int,
+    strerror: str,
+    holder: str | None,
+    winerror: int | None = None,
 ) -> AddressInUseError:
     err = AddressInUseError.__new__(AddressInUseError, errno, strerror)
     OSError.__init__(err, errno, strerror)
+    if winerror is not None:
+        err.winerror = winerror
     err.protocol, err.address, err.port, err.holder = protocol, address, port, holder
     return err
