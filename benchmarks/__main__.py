@@ -217,6 +217,8 @@ def main(argv: list[str] | None = None) -> int:
             limit = meta["rlimit_nofile"].get("soft")
             for i, count in enumerate(mode.endpoint_counts):
                 if isinstance(limit, int) and limit >= 0 and count + 256 > limit:
+                    skipped = f"{base}: {count:,} UDP endpoints skipped (RLIMIT_NOFILE soft limit {limit})"
+                    notes.append(skipped)
                     continue
                 step(f"{base}: open {count:,} UDP endpoints")
                 results.append(udp.open_endpoints(base, mode.endpoint_pairs, count, warmup=i == 0))
