@@ -11,6 +11,7 @@ clear "address in use" into a different exception.
 
 from __future__ import annotations
 
+import contextvars
 import ipaddress
 from dataclasses import dataclass
 from typing import Any
@@ -18,6 +19,11 @@ from typing import Any
 __all__ = ["Holder", "describe_holder", "find_holders"]
 
 _WILDCARDS = {"", "0.0.0.0", "::"}
+
+# Off while `retry_bind` makes attempts that are expected to fail: scanning
+# every process's sockets costs tens of milliseconds, and only the error that
+# finally reaches the caller needs the name.
+lookups_enabled: contextvars.ContextVar[bool] = contextvars.ContextVar("aioexclusive_holder_lookups", default=True)
 
 
 @dataclass(frozen=True)
@@ -76,6 +82,8 @@ def find_holders(protocol: str, host: str | None, port: int | None, *, path: str
 
     *protocol* is ``"TCP"``, ``"UDP"`` or ``"UNIX"``. Never raises.
     """
+    if not lookups_enabled.get():
+        return []
     try:
         return _find_holders(protocol, host, port, path)
     except Exception:  # noqa: BLE001 - best effort by design, see the module docstring

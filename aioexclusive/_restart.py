@@ -71,7 +71,12 @@ async def retry_bind(
     checked = check_bind_retry((attempts, delay), "retry_bind")
     assert checked is not None
     attempts, delay = checked
+    from ._holder import lookups_enabled
+
     for remaining in range(attempts - 1, -1, -1):
+        # Naming the holder is for the error the caller finally sees, not for
+        # attempts that will be retried (it scans every process's sockets).
+        token = lookups_enabled.set(remaining == 0)
         try:
             result = attempt()
             if inspect.isawaitable(result):
@@ -80,6 +85,8 @@ async def retry_bind(
         except OSError as exc:
             if remaining == 0 or not is_address_in_use(exc):
                 raise
+        finally:
+            lookups_enabled.reset(token)
         await asyncio.sleep(delay)
     raise AssertionError("unreachable")  # pragma: no cover
 

@@ -142,3 +142,21 @@ def test_unix_path_holder_is_named(tmp_path: object) -> None:
     finally:
         live.close()
         os.unlink(path)
+
+
+@needs_psutil
+def test_retry_names_the_holder_once_in_the_final_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    scans = []
+    real = psutil.net_connections
+
+    def counting(kind: str = "inet") -> object:
+        scans.append(kind)
+        return real(kind)
+
+    monkeypatch.setattr(psutil, "net_connections", counting)
+    with socket.create_server(("127.0.0.1", 0)) as held:
+        port = held.getsockname()[1]
+        with pytest.raises(aioexclusive.AddressInUseError) as info:
+            run(_bind_tcp(port), bind_retry=(4, 0))
+    assert f"pid {os.getpid()}" in str(info.value)
+    assert len(scans) == 1
