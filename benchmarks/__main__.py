@@ -155,7 +155,7 @@ def main(argv: list[str] | None = None) -> int:
 
     same_transports: dict[str, Any] = {}
     for base in bases:
-        if selected != ["import"] and selected != ["guard"]:
+        if set(selected) - {"import", "guard"}:
             classes = tcp.transport_classes(base)
             same_transports[base] = {"same": classes[PLAIN] == classes[EXCLUSIVE], **classes}
         if "throughput" in selected:
