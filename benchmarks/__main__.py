@@ -51,7 +51,7 @@ QUICK = Mode(
     import_rounds=4,
 )
 FULL = Mode(
-    pairs=24,
+    pairs=32,
     stream_bytes=32 << 20,
     connections=64,
     requests_per_connection=100,
