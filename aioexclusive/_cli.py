@@ -31,13 +31,12 @@ def _parser() -> argparse.ArgumentParser:
 
     parser = argparse.ArgumentParser(prog="python -m aioexclusive", description=_DESCRIPTION)
     parser.add_argument("--version", action="version", version=f"aioexclusive {__version__}")
+    color_help = "colour output through the optional rich package: auto (a terminal, NO_COLOR unset), always, never"
+    parser.add_argument("--color", choices=("auto", "always", "never"), default="auto", help=color_help)
+    # Accepted after the sub-command too; SUPPRESS keeps it from overriding a
+    # value given before the sub-command with its default.
     color = argparse.ArgumentParser(add_help=False)
-    color.add_argument(
-        "--color",
-        choices=("auto", "always", "never"),
-        default="auto",
-        help="colour output through the optional rich package: auto (a terminal, NO_COLOR unset), always, never",
-    )
+    color.add_argument("--color", choices=("auto", "always", "never"), default=argparse.SUPPRESS, help=color_help)
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
     commands.required = True
 

@@ -82,10 +82,12 @@ def test_plan_json_is_the_rules_table() -> None:
 
 @pytest.mark.skipif(not HAVE_RICH, reason="rich is not installed")
 def test_plan_in_colour_with_rich() -> None:
-    result = cli("plan", "--color", "always")
-    assert result.returncode == 0, result.stderr
-    assert "\x1b[" in result.stdout
-    assert "SO_EXCLUSIVEADDRUSE" in result.stdout
+    for args in (("plan", "--color", "always"), ("--color", "always", "plan")):
+        result = cli(*args)
+        assert result.returncode == 0, result.stderr
+        assert "\x1b[" in result.stdout
+        assert "SO_EXCLUSIVEADDRUSE" in result.stdout
+    assert "\x1b[" not in cli("plan", "--color", "never").stdout
 
 
 @pytest.mark.parametrize("command", [[], ["plan"], ["demo"], ["probe"]])
