@@ -40,11 +40,12 @@ import secrets
 import socket
 import stat
 import sys
+import time
 from typing import Any, Union
 
 from ._errors import AddressInUseError
 
-__all__ = ["bind_unix_listener", "guards_path", "probe_unix_path", "remove_own_path"]
+__all__ = ["bind_unix_listener", "bind_unix_path", "guards_path", "probe_unix_path", "remove_own_path"]
 
 PathArg = Union[str, bytes, "os.PathLike[str]", "os.PathLike[bytes]"]
 
@@ -112,33 +113,44 @@ class _DirectoryLock:
         self._fd: int | None = None
         self._directory = directory
 
-    async def acquire(self) -> None:
+    def _try(self) -> bool | None:
+        """Take the lock: True taken, False busy, None no lock to be had (go on unlocked)."""
         try:
             import fcntl
         except ImportError:  # pragma: no cover - POSIX always has it
-            return
+            return None
+        if self._fd is None:
+            try:
+                self._fd = os.open(self._directory, os.O_RDONLY)
+            except OSError:
+                return None  # unreadable directory: go on unlocked, the rename check still holds
         try:
-            fd = os.open(self._directory, os.O_RDONLY)
+            fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return False
         except OSError:
-            return  # unreadable directory: go on unlocked, the rename check still holds
+            self.release()  # ENOLCK (some network filesystems): go on unlocked
+            return None
+        return True
+
+    async def acquire(self) -> None:
+        # Non-blocking tries with short sleeps: a blocking flock would stall
+        # the whole event loop if a neighbour held the lock for long.
         loop = asyncio.get_running_loop()
         deadline = loop.time() + _LOCK_WAIT
-        while True:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                if loop.time() >= deadline:
-                    os.close(fd)
-                    return
-                # Non-blocking with a short sleep: a blocking flock would stall
-                # the whole event loop if a neighbour held the lock for long.
-                await asyncio.sleep(_LOCK_POLL)
-                continue
-            except OSError:
-                os.close(fd)  # ENOLCK (some network filesystems): go on unlocked
+        while self._try() is False:
+            if loop.time() >= deadline:
+                self.release()
                 return
-            self._fd = fd
-            return
+            await asyncio.sleep(_LOCK_POLL)
+
+    def acquire_sync(self) -> None:
+        deadline = time.monotonic() + _LOCK_WAIT
+        while self._try() is False:
+            if time.monotonic() >= deadline:
+                self.release()
+                return
+            time.sleep(_LOCK_POLL)
 
     def release(self) -> None:
         if self._fd is not None:
@@ -146,15 +158,20 @@ class _DirectoryLock:
             self._fd = None
 
 
-def _bind_and_listen(path: str, backlog: int) -> socket.socket | None:
-    """Our listening socket at *path*, or ``None`` if the name exists."""
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+def _bind_and_listen(path: str, backlog: int | None, type: int, umask: int | None) -> socket.socket | None:
+    """Our socket bound at *path* (listening, for a stream with a backlog), or ``None`` if the name exists."""
+    sock = socket.socket(socket.AF_UNIX, type)
     try:
-        sock.bind(path)
-        # Listen at once: a bound socket that does not listen refuses
-        # connections, which is exactly what a stale file does.
-        sock.listen(backlog)
-        sock.setblocking(False)
+        old_umask = os.umask(umask) if umask is not None else None
+        try:
+            sock.bind(path)
+        finally:
+            if old_umask is not None:
+                os.umask(old_umask)
+        if backlog is not None and type == socket.SOCK_STREAM:
+            # Listen at once: a bound socket that does not listen refuses
+            # connections, which is exactly what a stale file does.
+            sock.listen(backlog)
     except OSError as exc:
         sock.close()
         if exc.errno == errno.EADDRINUSE:
@@ -203,39 +220,69 @@ def _move_aside_if_same(path: str, expected: tuple[int, int], shown: Any) -> Non
     os.unlink(grave)
 
 
+def _bind_locked(path: PathArg, backlog: int | None, type: int, umask: int | None) -> socket.socket:
+    shown = path
+    name = os.fsdecode(os.fspath(path))
+    for _ in range(_ATTEMPTS):
+        sock = _bind_and_listen(name, backlog, type, umask)
+        if sock is not None:
+            return sock
+        try:
+            before = os.lstat(name)
+        except FileNotFoundError:
+            continue
+        state = probe_unix_path(name)
+        if state == "missing":
+            continue
+        if state == "not-socket":
+            raise _in_use_error(shown)
+        if state == "live":
+            raise _live_error(name)
+        _move_aside_if_same(name, _identity(before), shown)
+    raise OSError(
+        errno.EADDRINUSE,
+        f"Address {shown!r} is already in use: the socket file kept changing while it was being replaced",
+    )
+
+
+def _lock_for(path: PathArg) -> _DirectoryLock:
+    return _DirectoryLock(os.path.dirname(os.path.abspath(os.fsdecode(os.fspath(path)))))
+
+
 async def bind_unix_listener(path: PathArg, backlog: int = 100) -> socket.socket:
-    """A non-blocking AF_UNIX stream socket bound and listening at *path*.
+    """A non-blocking AF_UNIX stream socket bound and listening at *path* (the loops' path).
 
     Raises `AddressInUseError` (errno ``EADDRINUSE``) naming the path when a
     live server answers there, and the stdlib's ``OSError(EADDRINUSE)`` when
     the path exists and is not a socket. A stale socket file is replaced.
     """
-    shown = path
-    name = os.fsdecode(os.fspath(path))
-    directory = os.path.dirname(os.path.abspath(name))
-    lock = _DirectoryLock(directory)
+    lock = _lock_for(path)
     await lock.acquire()
     try:
-        for _ in range(_ATTEMPTS):
-            sock = _bind_and_listen(name, backlog)
-            if sock is not None:
-                return sock
-            try:
-                before = os.lstat(name)
-            except FileNotFoundError:
-                continue
-            state = probe_unix_path(name)
-            if state == "missing":
-                continue
-            if state == "not-socket":
-                raise _in_use_error(shown)
-            if state == "live":
-                raise _live_error(name)
-            _move_aside_if_same(name, _identity(before), shown)
-        raise OSError(
-            errno.EADDRINUSE,
-            f"Address {shown!r} is already in use: the socket file kept changing while it was being replaced",
-        )
+        sock = _bind_locked(path, backlog, socket.SOCK_STREAM, None)
+    finally:
+        lock.release()
+    sock.setblocking(False)
+    return sock
+
+
+def bind_unix_path(
+    path: PathArg, *, backlog: int | None = None, type: int = socket.SOCK_STREAM, umask: int | None = None
+) -> socket.socket:
+    """The same rules for code outside a loop (frameworks that pre-bind): a blocking socket bound at *path*.
+
+    With *backlog* a stream socket listens at once; *type* may be
+    ``SOCK_DGRAM``; *umask* applies to the file the bind creates. Waits at
+    most a couple of seconds for another exclusive binder's directory lock.
+    """
+    if type not in (socket.SOCK_STREAM, socket.SOCK_DGRAM):
+        raise ValueError(f"type must be socket.SOCK_STREAM or socket.SOCK_DGRAM, got {type!r}")
+    if not guards_path(path):
+        raise ValueError(f"path must be a filesystem path (not empty, not an abstract name), got {path!r}")
+    lock = _lock_for(path)
+    lock.acquire_sync()
+    try:
+        return _bind_locked(path, backlog, type, umask)
     finally:
         lock.release()
 

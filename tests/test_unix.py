@@ -302,3 +302,30 @@ def test_racing_starts_on_a_stale_path_have_one_winner(base: str, path: str) -> 
         assert all(isinstance(r, aioexclusive.AddressInUseError) for r in results if not isinstance(r, tuple))
         if os.path.exists(path):
             os.unlink(path)
+
+
+def test_sync_binder_for_frameworks(path: str, no_fd_leak: None) -> None:
+    from aioexclusive._unix import bind_unix_path
+
+    live = _live_listener(path)
+    try:
+        with pytest.raises(aioexclusive.AddressInUseError):
+            bind_unix_path(path, backlog=8)
+        assert _reaches(live, path)
+    finally:
+        live.close()  # now a stale file
+    with bind_unix_path(path, backlog=8, umask=0o077) as sock:
+        assert sock.getblocking()
+        assert os.stat(path).st_mode & 0o077 == 0
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as client:
+            client.connect(path)
+    os.unlink(path)
+    with bind_unix_path(path, type=socket.SOCK_DGRAM) as dgram:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sender:
+            sender.sendto(b"hi", path)
+        assert dgram.recv(8) == b"hi"
+        # A datagram socket bound there is alive too.
+        with pytest.raises(aioexclusive.AddressInUseError):
+            bind_unix_path(path, type=socket.SOCK_DGRAM)
+    with pytest.raises(ValueError, match="path"):
+        bind_unix_path("\0abstract")
