@@ -277,8 +277,20 @@ def bind_unix_path(
     """
     if type not in (socket.SOCK_STREAM, socket.SOCK_DGRAM):
         raise ValueError(f"type must be socket.SOCK_STREAM or socket.SOCK_DGRAM, got {type!r}")
+    if not path:
+        raise ValueError(f"path must be a socket path or a Linux abstract name, got {path!r}")
     if not guards_path(path):
-        raise ValueError(f"path must be a filesystem path (not empty, not an abstract name), got {path!r}")
+        # An abstract name has no file to take over: the kernel itself refuses
+        # a name that is bound already.
+        sock = socket.socket(socket.AF_UNIX, type)
+        try:
+            sock.bind(os.fsdecode(os.fspath(path)))
+            if backlog is not None and type == socket.SOCK_STREAM:
+                sock.listen(backlog)
+        except BaseException:
+            sock.close()
+            raise
+        return sock
     lock = _lock_for(path)
     lock.acquire_sync()
     try:

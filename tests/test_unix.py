@@ -328,4 +328,11 @@ def test_sync_binder_for_frameworks(path: str, no_fd_leak: None) -> None:
         with pytest.raises(aioexclusive.AddressInUseError):
             bind_unix_path(path, type=socket.SOCK_DGRAM)
     with pytest.raises(ValueError, match="path"):
-        bind_unix_path("\0abstract")
+        bind_unix_path("")
+    if sys.platform.startswith("linux"):
+        # An abstract name has no file: bound as it is, and the kernel refuses a second one.
+        name = f"\0aioexclusive-test-{os.getpid()}"
+        with bind_unix_path(name, backlog=8) as abstract:
+            with pytest.raises(OSError):
+                bind_unix_path(name, backlog=8)
+            assert abstract.getsockname() == name.encode()

@@ -24,7 +24,7 @@ from aiohttp import web
 
 from .._loops import ExclusiveLoopMixin
 from ..policy import new_event_loop
-from ._unix_bind import bind_unix_socket
+from .._unix import bind_unix_path
 
 __all__ = ["run_app"]
 
@@ -67,7 +67,7 @@ def run_app(
         if paths is not None:
             for path in [paths] if isinstance(paths, (str, os.PathLike)) else list(_paths(paths)):
                 name = os.fspath(path)
-                ours.append(bind_unix_socket(name, backlog=kwargs.get("backlog", 128)))
+                ours.append(bind_unix_path(name, backlog=kwargs.get("backlog", 128)))
                 bound.append((name, _identity(name)))
             given = kwargs.pop("sock", None)
             if given is not None:

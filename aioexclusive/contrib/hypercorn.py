@@ -40,7 +40,7 @@ from .._binding import audit_socket, bind_socket
 from .._errors import ExclusivityError
 from .._loops import ExclusiveLoopMixin
 from .._plan import Role, make_plan
-from ._unix_bind import bind_unix_socket
+from .._unix import bind_unix_path
 
 __all__ = ["ExclusiveConfig"]
 
@@ -139,7 +139,7 @@ class ExclusiveConfig(hypercorn.config.Config):
         backlog = self.backlog if type_ == socket.SOCK_STREAM else None
         if bind.startswith("unix:"):
             path = bind[5:]
-            sock = bind_unix_socket(path, type=type_, backlog=backlog, umask=self.umask)
+            sock = bind_unix_path(path, type=type_, backlog=backlog, umask=self.umask)
             if self.user is not None and self.group is not None:
                 try:
                     os.chown(path, self.user, self.group)

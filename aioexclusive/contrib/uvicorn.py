@@ -35,7 +35,7 @@ from .._errors import ExclusivityError
 from .._loops import ExclusiveLoopMixin, exclusive_loop_class
 from .._plan import Role, make_plan
 from ..policy import new_event_loop
-from ._unix_bind import bind_unix_socket
+from .._unix import bind_unix_path
 
 __all__ = ["Config", "run"]
 
@@ -92,7 +92,7 @@ class Config(uvicorn.Config):
     def bind_socket(self) -> socket.socket:
         if self.uds is not None:
             # Listening at once: until then a second instance would see a stale file.
-            sock = bind_unix_socket(self.uds, backlog=self.backlog)
+            sock = bind_unix_path(self.uds, backlog=self.backlog)
             try:
                 # uvicorn's own bind makes the socket connectable for everyone.
                 os.chmod(self.uds, 0o666)
