@@ -112,6 +112,12 @@ def growth(results: list[Result]) -> list[str]:
             f"  {base}: per-endpoint cost at {large.extra['count']:,} / at {small.extra['count']:,} "
             f"endpoints: {', '.join(parts)} (1.00 = linear)"
         )
+        within = large.extra.get("within_run_growth")
+        if within:
+            lines.append(
+                f"  {base}: within each {large.extra['count']:,}-endpoint run, last third / first third of the "
+                f"blocks: {', '.join(f'{side} {value:.2f}' for side, value in within.items())} (1.00 = linear)"
+            )
     return lines
 
 

@@ -11,9 +11,15 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import statistics
+import time
 from typing import Any
 
-from ._harness import Result, Stopwatch, compare
+import aioexclusive
+
+from ._harness import EXCLUSIVE, PLAIN, Result, Stopwatch, compare
+
+BLOCK = 1000  # endpoints per block in the within-run growth check
 
 HOST = "127.0.0.1"
 
@@ -127,15 +133,25 @@ def open_endpoints(base: str, pairs: int, count: int, *, warmup: bool = False) -
 
     Closing is not timed, but every endpoint is closed and its
     ``connection_lost`` awaited before the trial ends.
+
+    Growth is also checked inside each run, which trial-to-trial noise cannot
+    blur: the CPU time of every block of 1,000 endpoints is recorded, and
+    ``extra["within_run_growth"]`` is, per side, the median over runs of what
+    the last third of the blocks cost over the first third (1.00 = linear).
     """
+    blocks: dict[str, list[list[float]]] = {PLAIN: [], EXCLUSIVE: []}
 
     async def workload(loop: asyncio.AbstractEventLoop) -> Stopwatch:
         transports: list[Any] = []
         closed: list[asyncio.Future[None]] = []
+        marks: list[float] = []
         watch = Stopwatch()
         try:
             watch.start()
-            for _ in range(count):
+            marks.append(time.process_time())
+            for i in range(count):
+                if i and i % BLOCK == 0:
+                    marks.append(time.process_time())
                 future = loop.create_future()
                 transport, _ = await loop.create_datagram_endpoint(
                     functools.partial(_Quiet, future), local_addr=(HOST, 0)
@@ -143,6 +159,9 @@ def open_endpoints(base: str, pairs: int, count: int, *, warmup: bool = False) -
                 transports.append(transport)
                 closed.append(future)
             watch.stop()
+            marks.append(time.process_time())
+            side = EXCLUSIVE if isinstance(loop, aioexclusive.ExclusiveLoopMixin) else PLAIN
+            blocks[side].append([b - a for a, b in zip(marks, marks[1:])])
         finally:
             for transport in transports:
                 transport.close()
@@ -158,4 +177,16 @@ def open_endpoints(base: str, pairs: int, count: int, *, warmup: bool = False) -
         target=None,
         extra={"count": count},
     )
-    return compare(result, pairs, workload, count, scale=1e6, warmup=warmup)
+    compare(result, pairs, workload, count, scale=1e6, warmup=warmup)
+    if warmup:  # the warm-up trial of each side is not part of the figures
+        for side in blocks:
+            del blocks[side][:1]
+    result.extra["block_cpu_seconds"] = blocks
+    if count >= 3 * BLOCK:
+        growth = {}
+        for side, runs in blocks.items():
+            third = len(runs[0]) // 3 if runs else 0
+            if third:
+                growth[side] = statistics.median(sum(r[-third:]) / sum(r[:third]) for r in runs)
+        result.extra["within_run_growth"] = growth
+    return result
