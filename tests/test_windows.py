@@ -375,6 +375,45 @@ def test_bind_socket_is_exclusive_and_each_loop_serves_it(base: str, kind: int) 
         sock.close()
 
 
+@windows_only
+def test_multicast_receiver_follows_the_windows_row(base: str) -> None:
+    # Microsoft: SO_REUSEADDR is for multicast receivers, which share a port on
+    # purpose; Windows delivers group traffic to a wildcard bind. Joined on the
+    # loopback interface and nothing is sent: no datagram leaves the host.
+    from aioexclusive import Multicast
+
+    group, port = "239.255.77.78", free_port(socket.SOCK_DGRAM)
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        receivers = []
+        try:
+            for _ in range(2):  # a second receiver of the same group shares the port
+                transport, _ = await loop.create_datagram_endpoint(
+                    asyncio.DatagramProtocol, local_addr=(group, port), multicast=Multicast(interface="127.0.0.1")
+                )
+                receivers.append(transport)
+                sock = transport.get_extra_info("socket")
+                assert sock.getsockname() == ("0.0.0.0", port)
+                assert sharing(sock) == (0, 1)
+                assert transport.joined  # type: ignore[attr-defined]
+            # Unicast next to it stays exclusive, and a socket without the
+            # sharing option cannot join the port.
+            unicast, _ = await loop.create_datagram_endpoint(asyncio.DatagramProtocol, local_addr=("127.0.0.1", 0))
+            assert sharing(unicast.get_extra_info("socket")) == (1, 0)
+            unicast.close()
+            assert attack(socket.SOCK_DGRAM, "127.0.0.1", port, "none") in (WSAEACCES, WSAEADDRINUSE)
+            with pytest.raises(ExclusivityError, match="multicast"):
+                await loop.create_datagram_endpoint(
+                    asyncio.DatagramProtocol, local_addr=("127.0.0.1", port), multicast=True
+                )
+        finally:
+            for transport in receivers:
+                transport.close()
+
+    run(main(), base)
+
+
 # -- requests that would open a hole ---------------------------------------------------
 
 
