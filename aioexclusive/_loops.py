@@ -91,10 +91,6 @@ def _dgram_family(sock: Any) -> int:
     return int(getattr(sock, "family", 0))
 
 
-_PLANS: dict[tuple[Any, ...], BindPlan] = {}
-_PLAN_REQUEST = {"reuse_address", "reuse_port", "address"}
-
-
 class ExclusiveLoopMixin:
     """Overrides the listening paths of an asyncio event loop; see the module docstring.
 
@@ -117,23 +113,7 @@ class ExclusiveLoopMixin:
         return self._exclusive_options.allow_reuse_port and hasattr(socket, "SO_REUSEPORT")
 
     def _plan(self, role: Role, **request: Any) -> BindPlan:
-        allow = self._exclusive_options.allow_reuse_port
-        # A plan depends only on the role and the flags (the address only words
-        # errors), and making one costs about as much as a UDP bind: reuse it.
-        # Only exact True/False/None flags are cached: 0 == False as a key, but
-        # make_plan tells them apart.
-        reuse_address, reuse_port = request.get("reuse_address"), request.get("reuse_port")
-        if (
-            (reuse_address is None or reuse_address is True or reuse_address is False)
-            and (reuse_port is None or reuse_port is True or reuse_port is False)
-            and _PLAN_REQUEST.issuperset(request)
-        ):
-            key = (role, allow, reuse_address, reuse_port)
-            plan = _PLANS.get(key)
-            if plan is None:
-                plan = _PLANS[key] = make_plan(role, allow_reuse_port=allow, **request)
-            return plan
-        return make_plan(role, allow_reuse_port=allow, **request)
+        return make_plan(role, allow_reuse_port=self._exclusive_options.allow_reuse_port, **request)
 
     # -- TCP servers ---------------------------------------------------------
 

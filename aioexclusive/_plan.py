@@ -12,6 +12,7 @@ here (there is no ``socket.SO_EXCLUSIVEADDRUSE`` on Linux).
 from __future__ import annotations
 
 import enum
+import functools
 import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -169,15 +170,11 @@ def make_plan(
     *address* only makes the error messages precise.
     """
     platform = current_platform() if platform is None else platform
-    rule = RULES.get((platform, role))
-    if rule is None:
+    if (platform, role) not in RULES:
         raise ValueError(f"{role.value} sockets do not exist on {platform}")
-    options = dict(rule.set)
-    never = list(rule.never)
     where = _where(address)
-    shared = role is Role.UDP_MULTICAST
-
-    if reuse_port and role is not Role.UNIX_LISTENER:
+    share_port = bool(reuse_port) and role is not Role.UNIX_LISTENER
+    if share_port:
         if platform == "windows":
             raise ExclusivityError(
                 f"reuse_port=True was asked for a {role.value}{where}; Windows has no SO_REUSEPORT and its "
@@ -191,10 +188,6 @@ def make_plan(
                 f"{'connections' if role.protocol == 'TCP' else 'datagrams'}. If that sharing is intended "
                 "(a pre-fork server), build the loop with allow_reuse_port=True."
             )
-        options[SO_REUSEPORT] = 1
-        never = [name for name in never if name != SO_REUSEPORT]
-        shared = True
-
     if reuse_address and role is not Role.UDP_MULTICAST:
         if role is Role.UDP_UNICAST:
             raise ExclusivityError(
@@ -210,11 +203,24 @@ def make_plan(
                 "Omit reuse_address: the loop sets SO_EXCLUSIVEADDRUSE instead. For fast restarts, shut "
                 "connections down gracefully before closing."
             )
-    elif reuse_address is False and role is Role.TCP_LISTENER:
-        # Linux/BSD: SO_REUSEADDR is safe and only helps restarts, but honour an
-        # explicit "no", exactly like the stdlib does.
-        options.pop(SO_REUSEADDR, None)
+    # Linux/BSD: SO_REUSEADDR is safe on a listener and only helps restarts,
+    # but an explicit "no" is honoured, exactly like the stdlib does.
+    drop_reuse_address = reuse_address is False and role is Role.TCP_LISTENER
+    return _granted_plan(role, platform, share_port, drop_reuse_address)
 
+
+@functools.lru_cache(maxsize=None)
+def _granted_plan(role: Role, platform: Platform, share_port: bool, drop_reuse_address: bool) -> BindPlan:
+    # Past the refusals a plan depends on these four values only, and loops
+    # opening many endpoints ask for the same few plans over and over.
+    rule = RULES[(platform, role)]
+    options = dict(rule.set)
+    never = list(rule.never)
+    if share_port:
+        options[SO_REUSEPORT] = 1
+        never = [name for name in never if name != SO_REUSEPORT]
+    if drop_reuse_address:
+        options.pop(SO_REUSEADDR, None)
     return BindPlan(
         platform=platform,
         role=role,
@@ -222,7 +228,7 @@ def make_plan(
         never=tuple(never),
         bind_to=rule.bind_to,
         why=rule.why,
-        shared=shared,
+        shared=share_port or role is Role.UDP_MULTICAST,
     )
 
 
