@@ -7,6 +7,7 @@ leaves, so a failed ``create_server`` leaks no file descriptor.
 
 from __future__ import annotations
 
+import functools
 import socket
 import warnings
 from collections.abc import Iterable, Sequence
@@ -68,7 +69,15 @@ def hosts_of(host: object) -> list[str | None]:
 
 _INET_FAMILIES = (socket.AF_INET, socket.AF_INET6) if _HAS_IPV6 else (socket.AF_INET,)
 _KINDS = {int(socket.SOCK_STREAM): socket.SOCK_STREAM, int(socket.SOCK_DGRAM): socket.SOCK_DGRAM}
-_DEFAULT_PROTO = {socket.SOCK_STREAM: socket.IPPROTO_TCP, socket.SOCK_DGRAM: socket.IPPROTO_UDP}
+_USUAL_PROTO = {socket.SOCK_STREAM: socket.IPPROTO_TCP, socket.SOCK_DGRAM: socket.IPPROTO_UDP}
+
+
+@functools.lru_cache(maxsize=None)
+def _reported_proto(kind: socket.SocketKind) -> int:
+    # What this platform's getaddrinfo puts in the proto field for a literal:
+    # 6/17 on Linux, 0 on Windows (seen under Wine). Asked once per kind, so
+    # the fast path returns exactly what getaddrinfo would.
+    return int(socket.getaddrinfo("127.0.0.1", 0, socket.AF_INET, kind, 0, socket.AI_NUMERICHOST)[0][2])
 # A plain int: `flags & socket.AI_CANONNAME` would be an enum operation in
 # Python, which costs more than the rest of this function.
 _AI_CANONNAME = int(socket.AI_CANONNAME)
@@ -95,7 +104,7 @@ def numeric_addrinfo(
     ):
         return None
     kind = _KINDS.get(type)
-    if kind is None or proto not in (0, _DEFAULT_PROTO[kind]):
+    if kind is None or proto not in (0, _USUAL_PROTO[kind]):
         return None
     for fam in _INET_FAMILIES:
         if family not in (0, fam):
@@ -107,7 +116,7 @@ def numeric_addrinfo(
         # The spelling getaddrinfo reports ("::0001" -> "::1").
         text = socket.inet_ntop(fam, packed)
         sockaddr = (text, port) if fam == socket.AF_INET else (text, port, 0, 0)
-        return [(fam, kind, _DEFAULT_PROTO[kind], "", sockaddr)]
+        return [(fam, kind, _reported_proto(kind), "", sockaddr)]
     return None
 
 

@@ -106,7 +106,9 @@ def _find_holders(protocol: str, host: str | None, port: int | None, path: str |
     wanted = _resolve_numeric(host)
     pids: list[int] = []
     for conn in connections:
-        if conn.pid is None:
+        # pid 0 is no process: Windows' "System Idle Process", and what Wine
+        # reports for every socket.
+        if not conn.pid:
             continue
         if kind == "unix":
             if path is None or conn.laddr != path:
