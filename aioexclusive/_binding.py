@@ -116,7 +116,8 @@ def numeric_addrinfo(
         # The spelling getaddrinfo reports ("::0001" -> "::1").
         text = socket.inet_ntop(fam, packed)
         sockaddr = (text, port) if fam == socket.AF_INET else (text, port, 0, 0)
-        return [(fam, kind, _reported_proto(kind), "", sockaddr)]
+        # An explicit proto comes back as given (Windows answers 0 otherwise).
+        return [(fam, kind, proto or _reported_proto(kind), "", sockaddr)]
     return None
 
 
