@@ -366,6 +366,24 @@ class ExclusiveLoopMixin:
         except BaseException:
             sock.close()
             raise
+        return await self._exclusive_adopt_datagram(
+            protocol_factory, sock, plan, remote=remote, bind_later=local if deferred else None
+        )
+
+    async def _exclusive_adopt_datagram(
+        self,
+        protocol_factory: Callable[[], asyncio.BaseProtocol],
+        sock: socket.socket,
+        plan: BindPlan,
+        *,
+        remote: Any = None,
+        bind_later: Any = None,
+    ) -> tuple[asyncio.BaseTransport, asyncio.BaseProtocol]:
+        """Hand a UDP socket made by the plan to the base loop; it is closed if that fails.
+
+        *remote*: the peer it is connected to. *bind_later*: the address to bind
+        once a libuv loop has adopted the still-unbound socket (see above).
+        """
         if remote is not None and isinstance(self, asyncio.BaseEventLoop):
             # The stdlib transports know their peer only when asyncio connected
             # the socket itself (it passes r_addr to the transport); adopted
@@ -399,10 +417,10 @@ class ExclusiveLoopMixin:
         failure: list[OSError] = []
 
         def bind_then_build() -> asyncio.BaseProtocol:
-            if deferred:
+            if bind_later is not None:
                 clear_forbidden_options(sock, plan)
                 try:
-                    bind_now(sock, local, plan.role)
+                    bind_now(sock, bind_later, plan.role)
                 except OSError as exc:
                     # Raising here would leave uvloop's half-made transport
                     # unclosed; hand it a placeholder and close it below.

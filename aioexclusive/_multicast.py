@@ -919,14 +919,14 @@ async def _sender(
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_BROADCAST, 1)
         if target is not None:
             await loop.sock_connect(sock, target)
-        # Through the exclusive loop's own sock= path: audited, and whatever a
-        # base loop turns on when adopting it is switched off again.
-        result: tuple[asyncio.BaseTransport, asyncio.BaseProtocol] = await loop.create_datagram_endpoint(
-            protocol_factory, sock=sock
-        )
     except BaseException:
-        if sock.fileno() != -1:
-            sock.close()
+        sock.close()
         raise
+    # The loop's own adoption of a socket it made: the transport knows its peer
+    # (the Proactor loop needs that for a connected socket), and whatever a
+    # base loop turns on when adopting it is switched off again.
+    result: tuple[asyncio.BaseTransport, asyncio.BaseProtocol] = await loop._exclusive_adopt_datagram(
+        protocol_factory, sock, plan, remote=target
+    )
     return result
 

@@ -332,6 +332,34 @@ def test_bad_requests(base: str, no_leak: None) -> None:
 
 
 @pytest.mark.parametrize("base", BASES[:1])
+def test_sender_transport_knows_its_group(base: str, no_leak: None) -> None:
+    """A connected sender is built with its peer, as asyncio's own remote_addr path builds it.
+
+    Without that the Proactor loop (Windows' default) reads (data, addr) tuples
+    and dies on its first sendto(data). Nothing is sent here: connecting a UDP
+    socket sends no packet, and sendto to another address is refused before any
+    system call, which is what this checks.
+    """
+
+    async def main() -> tuple[Any, str]:
+        loop = asyncio.get_running_loop()
+        transport, _ = await loop.create_datagram_endpoint(
+            Sink, remote_addr=("239.1.2.3", 9), multicast=Multicast(interface="127.0.0.1", loopback=False)
+        )
+        try:
+            with pytest.raises(ValueError, match="Invalid address") as info:
+                transport.sendto(b"never sent", ("127.0.0.1", 9))  # type: ignore[attr-defined]
+            return transport.get_extra_info("peername"), str(info.value)
+        finally:
+            transport.close()
+            await asyncio.sleep(0)
+
+    peer, message = _run(main(), base)
+    assert peer[:2] == ("239.1.2.3", 9)
+    assert "239.1.2.3" in message
+
+
+@pytest.mark.parametrize("base", BASES[:1])
 def test_multicast_false_is_the_ordinary_endpoint(base: str, no_leak: None) -> None:
     async def main() -> tuple[str, int]:
         loop = asyncio.get_running_loop()
