@@ -12,6 +12,7 @@ import sys
 import threading
 from typing import Any
 
+import pytest
 from attacker import Attacker, send_traffic
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -223,6 +224,11 @@ def _ipv6_loopback() -> bool:
 
 
 HAVE_IPV6 = _ipv6_loopback()
+# The loopback addresses every server test runs on.
+LOOPBACK_HOSTS = [
+    pytest.param("127.0.0.1", id="ipv4"),
+    pytest.param("::1", id="ipv6", marks=pytest.mark.skipif(not HAVE_IPV6, reason="no IPv6 loopback here")),
+]
 try:
     import uvloop  # noqa: F401
 

@@ -13,7 +13,7 @@ hypercorn_config = pytest.importorskip("hypercorn.config")
 
 from aioexclusive import AddressInUseError, ExclusivityError  # noqa: E402
 from ix_support import (  # noqa: E402
-    HAVE_IPV6,
+    LOOPBACK_HOSTS,
     HERE,
     PY,
     ServerProcess,
@@ -28,10 +28,6 @@ from ix_support import (  # noqa: E402
 from aioexclusive.contrib.hypercorn import ExclusiveConfig  # noqa: E402
 
 RUNNING = r"Running on http://\[?([0-9a-f.:]+?)\]?:(\d+) "
-HOSTS = [
-    pytest.param("127.0.0.1", id="ipv4"),
-    pytest.param("::1", id="ipv6", marks=pytest.mark.skipif(not HAVE_IPV6, reason="no IPv6 loopback here")),
-]
 
 
 def _bind(host: str, port: int = 0) -> str:
@@ -56,7 +52,7 @@ def test_control_plain_config_two_workers_is_hijacked(same_user_attacker) -> Non
         assert stolen > 0, f"the control must show a hijack (attacker got {stolen})"
 
 
-@pytest.mark.parametrize("host", HOSTS)
+@pytest.mark.parametrize("host", LOOPBACK_HOSTS)
 def test_serve_in_aioexclusive_run(host: str, same_user_attacker) -> None:  # type: ignore[no-untyped-def]
     with ServerProcess([PY, "hypercorn_app.py", "--bind", _bind(host)]) as server:
         port = int(server.wait_for(RUNNING).group(2))

@@ -15,7 +15,7 @@ uvicorn = pytest.importorskip("uvicorn")
 import aioexclusive  # noqa: E402
 from aioexclusive import AddressInUseError, ExclusiveLoopMixin  # noqa: E402
 from ix_support import (  # noqa: E402
-    HAVE_IPV6,
+    LOOPBACK_HOSTS,
     HAVE_UVLOOP,
     PY,
     ServerProcess,
@@ -27,13 +27,9 @@ from ix_support import (  # noqa: E402
 )
 
 RUNNING = r"Uvicorn running on http://\[?([0-9a-f.:]+?)\]?:(\d+) "
-HOSTS = [
-    pytest.param("127.0.0.1", id="ipv4"),
-    pytest.param("::1", id="ipv6", marks=pytest.mark.skipif(not HAVE_IPV6, reason="no IPv6 loopback here")),
-]
 
 
-@pytest.mark.parametrize("host", HOSTS)
+@pytest.mark.parametrize("host", LOOPBACK_HOSTS)
 def test_cli_loop_factory_serves_exclusively(host: str, same_user_attacker) -> None:  # type: ignore[no-untyped-def]
     args = [PY, "-m", "uvicorn", "uvicorn_app:app", "--loop", "aioexclusive:new_event_loop"]
     with ServerProcess([*args, "--host", host, "--port", "0"]) as server:
