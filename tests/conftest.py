@@ -6,10 +6,9 @@ from collections.abc import Iterator
 
 import pytest
 
-sys.path.insert(0, os.path.dirname(__file__))
-
-from attacker import NOBODY, Attacker  # noqa: E402
-from harness import BASES, IS_ROOT, open_fds, warm_up_loops  # noqa: E402
+# attacker and harness are found through pytest's `pythonpath` (pyproject.toml).
+from attacker import NOBODY, Attacker
+from harness import BASES, IS_ROOT, open_fds, warm_up_loops
 
 @pytest.fixture(params=BASES)
 def base(request: pytest.FixtureRequest) -> str:

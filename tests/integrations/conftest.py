@@ -2,13 +2,12 @@ from __future__ import annotations
 
 import os
 import shutil
-import sys
 import tempfile
 from collections.abc import Iterator
 
 import pytest
 
-sys.path.insert(0, os.path.dirname(__file__))
+# ix_support is found through pytest's `pythonpath` (pyproject.toml).
 
 
 @pytest.fixture
