@@ -470,6 +470,9 @@ def activate_from_environment() -> None:
             raise ValueError(f"expected one of {', '.join(MODES)}")
         allow = os.environ.get(ENV_ALLOW, "").replace(",", " ").split()
         guard(value, allow=allow)
+        if value != "off":
+            # Servers that bind in C or decide on sharing before the bind (grpc, uvloop, gunicorn...).
+            __import__("aioexclusive._import_hooks")._import_hooks.activate()
     except Exception as exc:  # noqa: BLE001 - start-up must go on, whatever went wrong
         try:
             sys.stderr.write(f"aioexclusive: {ENV_VAR}={value!r} ignored, the guard is NOT on: {exc}\n")
