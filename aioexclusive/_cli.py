@@ -1,4 +1,4 @@
-"""``python -m aioexclusive``: plan | demo | probe.
+"""``python -m aioexclusive``: plan | demo | probe | audit.
 
 argparse only (no dependency); colour through the optional ``rich`` when a
 person is reading a terminal (see `aioexclusive._term`).
@@ -10,6 +10,7 @@ import argparse
 import json
 import sys
 from collections.abc import Sequence
+from typing import Literal
 
 __all__ = ["main"]
 
@@ -79,6 +80,29 @@ def _parser() -> argparse.ArgumentParser:
         "can tell)",
     )
     probe.add_argument("--json", action="store_true", help="print a JSON report for scripts")
+
+    audit = commands.add_parser(
+        "audit",
+        parents=[color],
+        help="list every listening socket on this host (Linux), who holds it and who could take it over",
+        description="Read-only audit of this network namespace (Linux): every listening TCP and bound UDP socket "
+        "from /proc/net, the process and user holding it, its real SO_REUSEADDR/SO_REUSEPORT/IPV6_V6ONLY read "
+        "through pidfd_getfd, and a verdict by the bind plan's rules. Nothing is bound, connected or sent "
+        "(unless --probe). Exit 0: nothing shareable; 1: something shareable; 2: bad input or nothing could "
+        "be read.",
+    )
+    audit.add_argument("--port", metavar="N[-M]", help="only sockets on this port or port range")
+    audit.add_argument("--pid", metavar="PID", type=int, help="only sockets held by this process")
+    audit.add_argument("--user", metavar="NAME", help="only sockets owned by this user (name or uid)")
+    audit_kind = audit.add_mutually_exclusive_group()
+    audit_kind.add_argument("--tcp", action="store_true", help="only TCP listeners")
+    audit_kind.add_argument("--udp", action="store_true", help="only bound UDP sockets")
+    audit.add_argument(
+        "--probe",
+        action="store_true",
+        help="for sockets whose options cannot be read, fall back to the bind probe (binds next to them)",
+    )
+    audit.add_argument("--json", action="store_true", help="print a JSON report for scripts")
     return parser
 
 
@@ -102,6 +126,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         from ._demo import run_demo
 
         return run_demo(out)
+    if args.command == "audit":
+        from ._audit import run_audit
+
+        kind: Literal["tcp", "udp"] | None = "tcp" if args.tcp else "udp" if args.udp else None
+        return run_audit(
+            out, ports=args.port, pid=args.pid, user=args.user, proto=kind, probe=args.probe, as_json=args.json
+        )
     from ._probe import run_probe
 
     return run_probe(out, args.host, args.port, udp=args.udp, users=args.user, as_json=args.json)
