@@ -15,7 +15,7 @@ Linux only, and read-only: nothing is bound, connected or sent.
    with ``fileno=`` switches the shared file to non-blocking when a default
    timeout is set), only raw ``getsockopt``/``getsockname`` through libc.
 3. A verdict per socket by the bind plan's rules (`verdict`, pure), including
-   the kernel's bind fast path (DESIGN section 7): a TCP wildcard listener
+   the kernel's bind fast path (docs/design.md, "What attacking taught us"): a TCP wildcard listener
    whose port has no socket of the other family can be taken over by any
    user. TCP sockets that are bound but never listen are not listed in
    ``/proc/net/tcp*``; the audit finds them through the same duplicates, so
@@ -125,7 +125,7 @@ def _user_text(user: str, uid: int) -> str:
 
 
 def verdict(obs: Observed, ports: PortMap, *, user: str, coverage_known: bool = True) -> Finding:
-    """The bind plan's verdict on one socket (Linux rules, DESIGN section 2 and 7).
+    """The bind plan's verdict on one socket (Linux rules: docs/rules.md; docs/design.md, "What attacking taught us").
 
     *ports* says which TCP ports have a socket of each family; *coverage_known*
     is false when some holder's sockets could not all be seen (then a missing

@@ -2,7 +2,7 @@
 
 Pure data and pure functions, no sockets: every platform's rules are computed
 and unit-tested on every platform, and `_binding` only applies what this module
-decides. DESIGN.md section 2 is the table below in prose.
+decides. docs/rules.md is the table below in prose.
 
 Options are named as the OS spells them (``"SO_REUSEADDR"``...), not as
 ``socket`` constants, because the constants of another platform do not exist

@@ -3,7 +3,7 @@
 asyncio's (and uvloop's) ``create_unix_server(path=...)`` removes any socket
 file at *path* before binding, a live server's included: the live server keeps
 running, unreachable, and every new client talks to the newcomer. This module
-binds the path instead by these rules (DESIGN.md section 1, "AF_UNIX"):
+binds the path instead by these rules (docs/design.md, "The attack"; docs/unix.md):
 
 1. ``bind(path)`` first. When nothing is there the kernel creates the file
    atomically and we are done: the common case costs nothing extra.

@@ -1,4 +1,4 @@
-"""The attacker matrix (DESIGN.md section 5): real sockets, a real second process.
+"""The attacker matrix (docs/design.md, "How it is tested"): real sockets, a real second process.
 
 Every case passes only when the attacker's bind or listen fails *and* all our
 traffic still reaches our server. The control cases at the end must show a

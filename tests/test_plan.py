@@ -17,7 +17,7 @@ from aioexclusive._plan import (
     make_plan,
 )
 
-# DESIGN.md section 2, written out once more by hand: the table is the spec.
+# docs/rules.md, "The bind plan", written out once more by hand: the table is the spec.
 EXPECTED = {
     ("windows", Role.TCP_LISTENER): ({SO_EXCLUSIVEADDRUSE: 1}, {SO_REUSEADDR}),
     ("windows", Role.UDP_UNICAST): ({SO_EXCLUSIVEADDRUSE: 1}, {SO_REUSEADDR}),
