@@ -1,0 +1,753 @@
+"""``python -m aioexclusive audit``: verdicts on real sockets of real processes, checked against real attacks.
+
+Victims are separate processes (this file run as a script: ``victim``, ``loop``,
+``many``), some as uid 65534. Each verdict the audit gives is checked against
+what an attacker process actually achieves (`tests/attacker.py`, and the
+two-step bind fast-path attack for wildcard listeners). Traffic sent while the
+audit runs must all reach its owner. The multicast receiver lives in a network
+namespace the test creates; the non-root audit runs as uid 65534.
+"""
+
+from __future__ import annotations
+
+import collections
+import io
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+sys.path.insert(0, HERE)
+
+from harness import HAVE_IPV6, IS_ROOT  # noqa: E402
+
+ON_LINUX = sys.platform.startswith("linux")
+pytestmark = pytest.mark.skipif(not ON_LINUX, reason="the audit reads /proc (Linux only)")
+NOBODY = 65534
+HOST_NETNS_VAR = "AIOEXCLUSIVE_TEST_HOST_NETNS"
+
+
+# ---------------------------------------------------------------------------
+# Victim processes (this file run as a script)
+# ---------------------------------------------------------------------------
+
+
+def _drop_to(uid: int | None) -> None:
+    if uid is not None:
+        os.setgroups([])
+        os.setgid(uid)
+        os.setuid(uid)
+
+
+def _make(spec: dict[str, Any]) -> socket.socket:
+    family = socket.AF_INET6 if spec["family"] == 6 else socket.AF_INET
+    kind = socket.SOCK_STREAM if spec["proto"] == "tcp" else socket.SOCK_DGRAM
+    sock = socket.socket(family, kind)
+    for name in spec.get("options", ()):
+        sock.setsockopt(socket.SOL_SOCKET, getattr(socket, name), 1)
+    if spec.get("v6only") is not None:
+        sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, spec["v6only"])
+    sock.bind((spec["host"], spec.get("port", 0)))
+    if kind == socket.SOCK_STREAM and spec.get("listen", True):
+        sock.listen(512)
+    sock.setblocking(False)
+    return sock
+
+
+def _victim(config: dict[str, Any]) -> None:
+    """Open the sockets of *config*, print their ports, count what each receives; ``count`` on stdin reports."""
+    import selectors
+
+    _drop_to(config.get("uid"))
+    socks = []
+    for spec in config["sockets"]:
+        sock = _make(spec)
+        socks.append(sock)
+        if spec.get("hold_other"):
+            # An exclusive loop's holder: the other family's wildcard, bound
+            # without options, never listening.
+            other = {**spec, "family": 4 if spec["family"] == 6 else 6, "options": [], "listen": False}
+            other["host"] = "0.0.0.0" if spec["family"] == 6 else "::"
+            other["v6only"] = 1 if other["family"] == 6 else None
+            other["port"] = sock.getsockname()[1]
+            socks.append(_make(other))
+    counts = [0] * len(socks)
+    selector = selectors.DefaultSelector()
+    for index, sock in enumerate(socks):
+        # A bound TCP socket that never listens polls as "hung up": nothing to accept.
+        if sock.type == socket.SOCK_DGRAM or sock.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN):
+            selector.register(sock, selectors.EVENT_READ, index)
+    selector.register(sys.stdin, selectors.EVENT_READ, -1)
+    print(json.dumps({"pid": os.getpid(), "ports": [s.getsockname()[1] for s in socks]}), flush=True)
+    while True:
+        for key, _ in selector.select():
+            index = key.data
+            if index == -1:
+                line = sys.stdin.readline()
+                if not line or line.strip() == "exit":
+                    return
+                print(json.dumps(counts), flush=True)
+                continue
+            sock = socks[index]
+            try:
+                if sock.type == socket.SOCK_STREAM:
+                    peer, _ = sock.accept()
+                    peer.close()
+                else:
+                    sock.recvfrom(65536)
+            except BlockingIOError:
+                continue
+            counts[index] += 1
+
+
+def _loop_victim(host: str) -> None:
+    """An exclusive-loop TCP server on *host* (port 0) that counts connections."""
+    import asyncio
+
+    import aioexclusive
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        count = [0]
+
+        async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            count[0] += 1
+            writer.close()
+
+        server = await asyncio.start_server(handle, host, 0)
+        ports = sorted({s.getsockname()[1] for s in server.sockets})
+        print(json.dumps({"pid": os.getpid(), "ports": ports}), flush=True)
+        done = loop.create_future()
+
+        def command() -> None:
+            line = sys.stdin.readline()
+            if not line or line.strip() == "exit":
+                if not done.done():
+                    done.set_result(None)
+                return
+            print(json.dumps([count[0]]), flush=True)
+
+        loop.add_reader(sys.stdin.fileno(), command)
+        await done
+        server.close()
+
+    aioexclusive.run(main())
+
+
+def _many(count: int) -> None:
+    """*count* sockets on 127.0.0.1: TCP listeners and UDP sockets, every other one shareable."""
+    socks = []
+    kinds = []
+    for index in range(count):
+        proto = "tcp" if index % 2 == 0 else "udp"
+        shareable = index % 4 < 2
+        option = "SO_REUSEPORT" if proto == "tcp" else "SO_REUSEADDR"
+        socks.append(_make({"proto": proto, "family": 4, "host": "127.0.0.1", "options": [option] if shareable else []}))
+        kinds.append([proto, socks[-1].getsockname()[1], shareable])
+    print(json.dumps({"pid": os.getpid(), "sockets": kinds}), flush=True)
+    sys.stdin.readline()
+
+
+def _two_step(port: int, victim_family: int) -> None:
+    """The kernel bind fast-path attack (DESIGN section 7) as uid 65534; prints whether it co-bound."""
+    _drop_to(NOBODY)
+    prime_family, prime_host = (socket.AF_INET, "0.0.0.0") if victim_family == 6 else (socket.AF_INET6, "::")
+    result: dict[str, Any] = {"taken": False}
+    try:
+        prime = socket.socket(prime_family, socket.SOCK_STREAM)
+        if prime_family == socket.AF_INET6:
+            prime.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+        prime.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        prime.bind((prime_host, port))
+        prime.close()
+        taker = socket.socket(socket.AF_INET6, socket.SOCK_STREAM)
+        taker.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+        taker.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        taker.bind(("::", port))
+        taker.listen(8)
+        taker.close()
+        result["taken"] = True
+    except OSError as exc:
+        result["error"] = exc.strerror
+    print(json.dumps(result), flush=True)
+
+
+def _nonroot(root_ports: list[int]) -> None:
+    """As uid 65534: audit this user's own child and the root victims; print what was seen."""
+    import ctypes
+
+    from aioexclusive._audit import audit
+
+    # The interpreter's home may be readable by root only: import everything
+    # the audit needs (codecs included) before becoming uid 65534.
+    audit(ports="1")
+    _drop_to(NOBODY)
+    # setuid() made this process non-dumpable: its /proc entries would belong
+    # to root and pidfd_getfd on its own child would be refused.
+    ctypes.CDLL(None, use_errno=True).prctl(4, 1, 0, 0, 0)  # PR_SET_DUMPABLE
+    ready_r, ready_w = os.pipe()
+    hold_r, hold_w = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - the child
+        try:
+            os.close(ready_r)
+            os.close(hold_w)
+            a = _make({"proto": "tcp", "family": 4, "host": "127.0.0.1", "options": ["SO_REUSEPORT"]})
+            b = _make({"proto": "udp", "family": 4, "host": "127.0.0.1"})
+            os.write(ready_w, json.dumps([a.getsockname()[1], b.getsockname()[1]]).encode())
+            os.close(ready_w)
+            os.read(hold_r, 1)
+        finally:
+            os._exit(0)
+    os.close(ready_w)
+    os.close(hold_r)
+    own_ports = json.loads(os.read(ready_r, 1000))
+    report = audit()
+    os.close(hold_w)
+    os.waitpid(pid, 0)
+    rows = [r for r in report["sockets"] if r["port"] in own_ports + root_ports]
+    print(json.dumps({"child": pid, "own_ports": own_ports, "rows": rows, "notes": report["notes"],
+                      "exit": report["exit"]}, default=str), flush=True)
+
+
+def _multicast_scenario() -> None:
+    """Inside a fresh network namespace: a group receiver, audited, attacked, and fed during the audit."""
+    from aioexclusive._audit import audit
+
+    if os.environ.get(HOST_NETNS_VAR) in (None, os.readlink("/proc/self/ns/net")):
+        raise SystemExit("refusing to run: not inside a network namespace of the test's own making")
+    for args in (["link", "set", "lo", "up"], ["link", "set", "lo", "multicast", "on"],
+                 ["route", "add", "224.0.0.0/4", "dev", "lo"]):
+        subprocess.run(["ip", *args], check=True)
+    group, port = "239.1.2.3", 5007
+    receiver = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    receiver.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    receiver.bind((group, port))
+    mreq = socket.inet_aton(group) + socket.inet_aton("127.0.0.1")
+    receiver.setsockopt(socket.IPPROTO_IP, socket.IP_ADD_MEMBERSHIP, mreq)
+    # A real attacker, another user: can it bind the group's port too?
+    read_end, write_end = os.pipe()
+    child = os.fork()
+    if child == 0:  # pragma: no cover - the child
+        try:
+            _drop_to(NOBODY)
+            other = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            other.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            other.bind((group, port))
+            os.write(write_end, b"1")
+        except OSError:
+            os.write(write_end, b"0")
+        finally:
+            os._exit(0)
+    os.waitpid(child, 0)
+    co_bound = os.read(read_end, 1) == b"1"
+    sent = _send_during(lambda: audit(ports=str(port)), [("udp", 4, group, port)], multicast=True)
+    report = sent.pop("result")
+    receiver.setblocking(False)
+    got = 0
+    deadline = time.monotonic() + 10
+    while got < sent[port] and time.monotonic() < deadline:
+        try:
+            receiver.recv(100)
+            got += 1
+        except BlockingIOError:
+            time.sleep(0.01)
+    print(json.dumps({"rows": report["sockets"], "co_bound": co_bound, "sent": sent[port], "received": got,
+                      "netns_differs": os.environ[HOST_NETNS_VAR] != os.readlink("/proc/self/ns/net")},
+                     default=str), flush=True)
+
+
+# ---------------------------------------------------------------------------
+# Test helpers
+# ---------------------------------------------------------------------------
+
+
+def _send_during(action: Any, targets: list[tuple[str, int, str, int]], multicast: bool = False) -> dict[Any, Any]:
+    """Run *action* while another thread sends connections/datagrams to *targets*; the counts sent per port."""
+    sent: dict[Any, Any] = {port: 0 for _, _, _, port in targets}
+    done = threading.Event()
+    rounds = [0]
+    errors: list[BaseException] = []
+
+    def sender() -> None:
+        try:
+            send()
+        except BaseException as exc:  # noqa: BLE001 - re-raised in the test's thread
+            errors.append(exc)
+
+    def send() -> None:
+        while not done.is_set() or rounds[0] < 2:
+            for proto, family, host, port in targets:
+                fam = socket.AF_INET6 if family == 6 else socket.AF_INET
+                with socket.socket(fam, socket.SOCK_STREAM if proto == "tcp" else socket.SOCK_DGRAM) as s:
+                    if proto == "tcp":
+                        s.settimeout(10)
+                        s.connect((host, port))
+                    else:
+                        if multicast:
+                            s.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_IF, socket.inet_aton("127.0.0.1"))
+                        s.sendto(b"x", (host, port))
+                sent[port] += 1
+            rounds[0] += 1
+            time.sleep(0.002)
+
+    thread = threading.Thread(target=sender)
+    thread.start()
+    try:
+        sent["result"] = action()
+    finally:
+        done.set()
+        thread.join()
+    if errors:
+        raise errors[0]
+    return sent
+
+
+class Victim:
+    """A victim process started from this file; counts what each of its sockets received."""
+
+    def __init__(self, *args: str) -> None:
+        self.proc = subprocess.Popen(
+            [sys.executable, os.path.abspath(__file__), *args],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+            env={**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (ROOT, os.environ.get("PYTHONPATH")) if p)},
+        )
+        assert self.proc.stdout is not None
+        line = self.proc.stdout.readline()
+        if not line:
+            self.proc.wait()
+            raise RuntimeError(f"victim {args} failed to start")
+        self.info: dict[str, Any] = json.loads(line)
+        self.pid: int = self.info["pid"]
+
+    def counts(self) -> list[int]:
+        assert self.proc.stdin is not None and self.proc.stdout is not None
+        self.proc.stdin.write("count\n")
+        self.proc.stdin.flush()
+        return list(json.loads(self.proc.stdout.readline()))
+
+    def wait_counts(self, expected: list[int]) -> list[int]:
+        deadline = time.monotonic() + 20
+        got = self.counts()
+        while got != expected and time.monotonic() < deadline:
+            time.sleep(0.02)
+            got = self.counts()
+        return got
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            assert self.proc.stdin is not None
+            try:
+                self.proc.stdin.write("exit\n")
+                self.proc.stdin.close()
+            except OSError:
+                pass
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        if self.proc.stdout is not None:
+            self.proc.stdout.close()
+
+
+@pytest.fixture
+def victims() -> Iterator[list[Victim]]:
+    started: list[Victim] = []
+    yield started
+    for victim in started:
+        victim.close()
+
+
+def _script(*args: str, timeout: float = 60) -> dict[str, Any]:
+    proc = subprocess.run(
+        [sys.executable, os.path.abspath(__file__), *args],
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (ROOT, os.environ.get("PYTHONPATH")) if p)},
+    )
+    assert proc.returncode == 0, proc.stderr
+    return json.loads(proc.stdout.strip().splitlines()[-1])  # type: ignore[no-any-return]
+
+
+def _row(report: dict[str, Any], proto: str, port: int, address: str | None = None) -> dict[str, Any]:
+    rows = [r for r in report["sockets"] if r["proto"] == proto and r["port"] == port
+            and (address is None or r["address"] == address)]
+    assert len(rows) == 1, (proto, port, address, rows)
+    return rows[0]
+
+
+def _attack_shares(attacker: Any, proto: str, family: int, host: str, port: int) -> bool:
+    """True when *attacker* can co-bind (and for TCP listen on) the port with some option set."""
+    from attacker import OPTION_SETS
+
+    for options in OPTION_SETS.values():
+        result = attacker.try_bind(proto, family, host, port, options)
+        attacker.collect(wait=0)
+        if result.ok:
+            return True
+    return False
+
+
+# ---------------------------------------------------------------------------
+# Pure parts
+# ---------------------------------------------------------------------------
+
+
+def test_procnet_decodes_host_order_words_and_mapped_addresses() -> None:
+    from aioexclusive._procnet import decode_address, parse_table
+
+    little = sys.byteorder == "little"
+    loopback = "0100007F" if little else "7F000001"
+    assert decode_address(loopback) == "127.0.0.1"
+    mapped = ("0000000000000000FFFF0000" + loopback) if little else ("00000000000000000000FFFF" + loopback)
+    assert decode_address(mapped) == "::ffff:127.0.0.1"
+    one = "00000000000000000000000001000000" if little else "00000000000000000000000000000001"
+    assert decode_address(one) == "::1"
+    with pytest.raises(ValueError):
+        decode_address("123")
+    header = "  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode\n"
+    line = f"   0: {loopback}:1F90 00000000:0000 0A 00000000:00000000 00:00000000 00000000  1000        0 4242 1\n"
+    (sock,) = parse_table(header + line + "garbage line\n", "tcp", socket.AF_INET)
+    assert (sock.address, sock.port, sock.state, sock.uid, sock.inode) == ("127.0.0.1", 8080, "LISTEN", 1000, 4242)
+    assert sock.is_listening and not sock.is_wildcard and sock.ipv4 == "127.0.0.1"
+
+
+def test_procnet_reads_real_sockets_and_their_owner() -> None:
+    from aioexclusive._procnet import read_sockets, socket_owners
+
+    with socket.socket() as tcp, socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
+        tcp.bind(("127.0.0.1", 0))
+        tcp.listen()
+        udp.bind(("127.0.0.1", 0))
+        ports = {tcp.getsockname()[1], udp.getsockname()[1]}
+        found = read_sockets(ports=ports)
+        assert {(s.proto, s.port, s.state) for s in found} == {
+            ("tcp", tcp.getsockname()[1], "LISTEN"),
+            ("udp", udp.getsockname()[1], "CLOSE"),
+        }
+        owners = socket_owners({s.inode for s in found}).owners
+        assert sorted(fd for s in found for pid, fd in owners[s.inode] if pid == os.getpid()) == sorted(
+            [tcp.fileno(), udp.fileno()]
+        )
+
+
+def _obs(proto: str, family: int, address: str, options: dict[str, int] | None) -> Any:
+    from aioexclusive._audit import Observed
+    from aioexclusive._procnet import ProcSocket
+
+    sock = ProcSocket(proto, family, address, 4000, "LISTEN" if proto == "tcp" else "CLOSE", 1000, 1)  # type: ignore[arg-type]
+    return Observed(sock, [(1, 3)], options, "" if options is not None else "unknown (no permission): test")
+
+
+@pytest.mark.parametrize(
+    ("proto", "family", "address", "options", "other", "expected", "who"),
+    [
+        ("tcp", 4, "127.0.0.1", {"SO_REUSEADDR": 1, "SO_REUSEPORT": 0}, False, "exclusive", "nobody"),
+        ("tcp", 4, "127.0.0.1", {"SO_REUSEADDR": 0, "SO_REUSEPORT": 1}, False, "shareable", "same"),
+        ("udp", 4, "127.0.0.1", {"SO_REUSEADDR": 1, "SO_REUSEPORT": 0}, False, "shareable", "any user"),
+        ("udp", 4, "127.0.0.1", {"SO_REUSEADDR": 0, "SO_REUSEPORT": 1}, False, "shareable", "same"),
+        ("udp", 4, "127.0.0.1", {"SO_REUSEADDR": 0, "SO_REUSEPORT": 0}, False, "exclusive", "nobody"),
+        ("udp", 4, "239.1.1.1", {"SO_REUSEADDR": 1, "SO_REUSEPORT": 0}, False, "shared by design", "every receiver"),
+        ("tcp", 6, "::", {"SO_REUSEADDR": 1, "SO_REUSEPORT": 0, "IPV6_V6ONLY": 1}, False, "shareable", "fast path"),
+        ("tcp", 6, "::", {"SO_REUSEADDR": 1, "SO_REUSEPORT": 0, "IPV6_V6ONLY": 1}, True, "exclusive", "nobody"),
+        ("tcp", 6, "::", {"SO_REUSEADDR": 1, "SO_REUSEPORT": 0, "IPV6_V6ONLY": 0}, False, "exclusive", "nobody"),
+        ("tcp", 4, "0.0.0.0", {"SO_REUSEADDR": 1, "SO_REUSEPORT": 0}, False, "shareable", "fast path"),
+        ("tcp", 4, "0.0.0.0", {"SO_REUSEADDR": 1, "SO_REUSEPORT": 0}, True, "exclusive", "nobody"),
+        ("tcp", 4, "127.0.0.1", None, False, "unknown", ""),
+    ],
+)
+def test_verdict_rules(
+    proto: str, family: int, address: str, options: dict[str, int] | None, other: bool, expected: str, who: str
+) -> None:
+    from aioexclusive._audit import PortMap, verdict
+
+    fam = socket.AF_INET6 if family == 6 else socket.AF_INET
+    ports = PortMap()
+    ports.add(fam, address, 4000)
+    if other:
+        ports.add(socket.AF_INET if family == 6 else socket.AF_INET6, "0.0.0.0" if family == 6 else "::", 4000)
+    found = verdict(_obs(proto, fam, address, options), ports, user="alice")
+    assert found.verdict == expected
+    if who == "same":
+        assert "user alice" in found.who
+    else:
+        assert who in found.who
+    if expected == "unknown":
+        assert "no permission" in found.why
+
+
+def test_framework_fixes_are_recognised() -> None:
+    from aioexclusive._audit import recognise
+
+    assert "--reuse-port" in (recognise(["/usr/bin/python3", "/venv/bin/gunicorn", "--reuse-port", "app:app"]) or "")
+    assert "ExclusiveConfig" in (recognise(["/venv/bin/hypercorn", "--workers", "2", "app:app"]) or "")
+    assert "grpc.so_reuseport" in (recognise(["python3", "server.py"], "/x/cygrpc.cpython-311.so") or "")
+    assert "loop_factory" in (recognise(["python3", "server.py"]) or "")
+    assert recognise(["/usr/sbin/nginx"]) is None
+
+
+# ---------------------------------------------------------------------------
+# Real victims, real attackers
+# ---------------------------------------------------------------------------
+
+COMBINATIONS = [
+    ("tcp", []),
+    ("tcp", ["SO_REUSEADDR"]),
+    ("tcp", ["SO_REUSEPORT"]),
+    ("tcp", ["SO_REUSEADDR", "SO_REUSEPORT"]),
+    ("udp", []),
+    ("udp", ["SO_REUSEADDR"]),
+    ("udp", ["SO_REUSEPORT"]),
+    ("udp", ["SO_REUSEADDR", "SO_REUSEPORT"]),
+]
+
+
+@pytest.mark.skipif(not IS_ROOT, reason="victims of another user and cross-user attacks need root")
+@pytest.mark.parametrize("uid", [None, NOBODY], ids=["root-victim", "uid65534-victim"])
+def test_option_combinations_match_real_attackers(
+    victims: list[Victim], same_user_attacker: Any, other_user_attacker: Any, uid: int | None
+) -> None:
+    from aioexclusive._audit import audit
+
+    specs = [{"proto": proto, "family": 4, "host": "127.0.0.1", "options": options} for proto, options in COMBINATIONS]
+    victim = Victim("victim", json.dumps({"uid": uid, "sockets": specs}))
+    victims.append(victim)
+    ports = victim.info["ports"]
+    targets = [(spec["proto"], 4, "127.0.0.1", port) for spec, port in zip(specs, ports)]
+    sent = _send_during(lambda: audit(pid=victim.pid), targets)
+    report = sent.pop("result")
+    # Nothing was disturbed: every connection and datagram sent during the audit reached the victim.
+    assert victim.wait_counts([sent[p] for p in ports]) == [sent[p] for p in ports]
+    assert min(sent.values()) >= 2
+    user = "nobody" if uid == NOBODY else "root"
+    for spec, port in zip(specs, ports):
+        row = _row(report, spec["proto"], port)
+        assert row["pid"] == victim.pid and row["user"] == user
+        assert row["options"] == {name: int(name in spec["options"]) for name in ("SO_REUSEADDR", "SO_REUSEPORT")}
+        # What real attackers achieve: the owner's own user, and a different one.
+        owner_attacker = other_user_attacker if uid == NOBODY else same_user_attacker
+        stranger = same_user_attacker if uid == NOBODY else other_user_attacker
+        by_owner = _attack_shares(owner_attacker, spec["proto"], 4, "127.0.0.1", port)
+        by_stranger = _attack_shares(stranger, spec["proto"], 4, "127.0.0.1", port)
+        assert row["verdict"] == ("shareable" if by_owner or by_stranger else "exclusive"), (spec, row)
+        if by_stranger:
+            assert row["who"].startswith("any user"), row
+        elif by_owner:
+            assert f"user {user}" in row["who"], row
+
+
+def _wildcard_case(victims: list[Victim], config: dict[str, Any]) -> tuple[dict[str, Any], Victim]:
+    from aioexclusive._audit import audit
+
+    victim = Victim("victim", json.dumps(config))
+    victims.append(victim)
+    port = victim.info["ports"][0]
+    family = config["sockets"][0]["family"]
+    host = "::1" if family == 6 else "127.0.0.1"
+    sent = _send_during(lambda: audit(pid=victim.pid), [("tcp", family, host, port)])
+    report = sent.pop("result")
+    counts = victim.wait_counts([sent[port]] + [0] * (len(victim.info["ports"]) - 1))
+    assert counts[0] == sent[port]
+    address = "::" if family == 6 else "0.0.0.0"
+    return _row(report, "tcp", port, address), victim
+
+
+@pytest.mark.skipif(not (IS_ROOT and HAVE_IPV6), reason="the fast-path attack runs as uid 65534; needs IPv6")
+@pytest.mark.parametrize("family", [6, 4], ids=["ipv6-only-wildcard", "ipv4-wildcard"])
+@pytest.mark.parametrize("hold_other", [False, True], ids=["alone", "other-family-held"])
+def test_wildcard_listener_against_the_fast_path_attack(victims: list[Victim], family: int, hold_other: bool) -> None:
+    spec = {"proto": "tcp", "family": family, "host": "::" if family == 6 else "0.0.0.0",
+            "options": ["SO_REUSEADDR"], "v6only": 1 if family == 6 else None, "hold_other": hold_other}
+    row, victim = _wildcard_case(victims, {"sockets": [spec]})
+    attack = _script("twostep", str(row["port"]), str(family))
+    # The control (alone) must be taken over, or the harness proves nothing.
+    assert attack["taken"] is (not hold_other), attack
+    assert row["verdict"] == ("shareable" if attack["taken"] else "exclusive"), row
+    if attack["taken"]:
+        assert "fast path" in row["who"]
+        assert row["options"].get("IPV6_V6ONLY", 1) == 1
+
+
+@pytest.mark.skipif(not IS_ROOT, reason="the fast-path attack runs as uid 65534")
+@pytest.mark.parametrize("host", ["127.0.0.1", "::"], ids=["loopback", "ipv6-wildcard"])
+def test_exclusive_loop_server(victims: list[Victim], same_user_attacker: Any, other_user_attacker: Any,
+                               host: str) -> None:
+    from aioexclusive._audit import audit
+
+    if host == "::" and not HAVE_IPV6:
+        pytest.skip("no IPv6")
+    victim = Victim("loop", host)
+    victims.append(victim)
+    (port,) = victim.info["ports"]
+    family = 6 if ":" in host else 4
+    client = "::1" if family == 6 else "127.0.0.1"
+    sent = _send_during(lambda: audit(pid=victim.pid), [("tcp", family, client, port)])
+    report = sent.pop("result")
+    assert victim.wait_counts([sent[port]]) == [sent[port]]
+    row = _row(report, "tcp", port, host)
+    assert row["process"] and row["pid"] == victim.pid
+    if host == "127.0.0.1":
+        assert row["verdict"] == "exclusive", row
+        assert not _attack_shares(same_user_attacker, "tcp", 4, host, port)
+        assert not _attack_shares(other_user_attacker, "tcp", 4, host, port)
+    else:
+        # Whatever the loop does about the other family, the audit must agree with the real attack.
+        attack = _script("twostep", str(port), "6")
+        assert row["verdict"] == ("shareable" if attack["taken"] else "exclusive"), (row, attack)
+
+
+@pytest.mark.skipif(not IS_ROOT, reason="needs root to create a network namespace")
+def test_multicast_receiver_is_shared_by_design() -> None:
+    for tool in ("unshare", "ip"):
+        if shutil.which(tool) is None:
+            pytest.skip(f"{tool} is not installed")
+    if subprocess.run(["unshare", "--net", "true"], check=False, capture_output=True).returncode != 0:
+        pytest.skip("unshare --net is not permitted here")
+    env = {**os.environ, HOST_NETNS_VAR: os.readlink("/proc/self/ns/net"),
+           "PYTHONPATH": os.pathsep.join(p for p in (ROOT, os.environ.get("PYTHONPATH")) if p)}
+    proc = subprocess.run(["unshare", "--net", sys.executable, os.path.abspath(__file__), "multicast"],
+                          check=False, capture_output=True, text=True, timeout=60, env=env)
+    assert proc.returncode == 0, proc.stderr
+    r = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert r["netns_differs"]
+    (row,) = [x for x in r["rows"] if x["address"] == "239.1.2.3"]
+    assert row["verdict"] == "shared by design" and row["options"]["SO_REUSEADDR"] == 1
+    assert r["co_bound"], "another user could not join: 'shared by design' would be wrong"
+    assert r["sent"] >= 2 and r["received"] == r["sent"]
+
+
+@pytest.mark.skipif(not IS_ROOT, reason="starts as root to become uid 65534")
+def test_audit_as_another_user_sees_its_own_and_says_what_it_cannot(victims: list[Victim]) -> None:
+    victim = Victim("victim", json.dumps({"sockets": [
+        {"proto": "tcp", "family": 4, "host": "127.0.0.1", "options": ["SO_REUSEPORT"]},
+        {"proto": "udp", "family": 4, "host": "127.0.0.1", "options": ["SO_REUSEADDR"]},
+    ]}))
+    victims.append(victim)
+    root_ports = victim.info["ports"]
+    r = _script("nonroot", json.dumps(root_ports))
+    own = {(row["proto"], row["port"]): row for row in r["rows"] if row["port"] in r["own_ports"]}
+    tcp_port, udp_port = r["own_ports"]
+    assert own[("tcp", tcp_port)]["verdict"] == "shareable" and own[("tcp", tcp_port)]["pid"] == r["child"]
+    assert own[("tcp", tcp_port)]["user"] == "nobody"
+    assert own[("udp", udp_port)]["verdict"] == "exclusive"
+    theirs = [row for row in r["rows"] if row["port"] in root_ports]
+    assert len(theirs) == 2
+    for row in theirs:
+        assert row["verdict"] == "unknown" and row["pid"] is None and row["user"] == "root"
+        assert row["why"].startswith("unknown (no permission)")
+    assert any("could not read the file descriptors" in note for note in r["notes"])
+    assert r["exit"] == 1
+
+
+def test_thousands_of_sockets(victims: list[Victim]) -> None:
+    from aioexclusive._audit import audit
+
+    victim = Victim("many", "3000")
+    victims.append(victim)
+    started = time.perf_counter()
+    report = audit(pid=victim.pid)
+    elapsed = time.perf_counter() - started
+    print(f"audit of {len(report['sockets'])} sockets took {elapsed:.2f} s")
+    # Port-0 binds with SO_REUSEPORT may land on one port together: compare as multisets.
+    seen = collections.Counter((row["proto"], row["port"], row["verdict"]) for row in report["sockets"])
+    expected = collections.Counter(
+        (proto, port, "shareable" if shareable else "exclusive") for proto, port, shareable in victim.info["sockets"]
+    )
+    assert seen == expected
+    assert sum(seen.values()) == 3000
+
+
+# ---------------------------------------------------------------------------
+# The command line
+# ---------------------------------------------------------------------------
+
+
+def _cli(*args: str) -> tuple[int, str, str]:
+    from contextlib import redirect_stderr, redirect_stdout
+
+    from aioexclusive._cli import main
+
+    out, err = io.StringIO(), io.StringIO()
+    with redirect_stdout(out), redirect_stderr(err):
+        try:
+            code = main(["audit", *args])
+        except SystemExit as exc:
+            code = int(exc.code or 0)
+    return code, out.getvalue(), err.getvalue()
+
+
+def test_cli_json_schema_and_exit_status() -> None:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as shared, socket.socket() as alone:
+        shared.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        shared.bind(("127.0.0.1", 0))
+        alone.bind(("127.0.0.1", 0))
+        alone.listen()
+        code, out, _ = _cli("--json", "--pid", str(os.getpid()))
+        report = json.loads(out)
+        rows = {(r["proto"], r["port"]): r for r in report["sockets"]}
+        udp = rows[("udp", shared.getsockname()[1])]
+        assert set(udp) == {"proto", "address", "port", "pid", "process", "user", "options", "verdict", "who", "why"}
+        assert udp["verdict"] == "shareable" and udp["pid"] == os.getpid() and udp["address"] == "127.0.0.1"
+        assert code == 1
+        code, out, _ = _cli("--json", "--tcp", "--port", str(alone.getsockname()[1]))
+        (row,) = json.loads(out)["sockets"]
+        assert row["verdict"] == "exclusive" and code == 0
+        code, out, _ = _cli("--udp", "--port", f"{shared.getsockname()[1]}-{shared.getsockname()[1]}", "--color", "never")
+        assert code == 1
+        assert f"pid {os.getpid()}" in out and "* UDP    127.0.0.1:" in out and "shareable" in out
+
+
+@pytest.mark.parametrize(
+    "args",
+    [["--port", "0"], ["--port", "70000"], ["--port", "9-3"], ["--port", "x"], ["--user", "no-such-user-xyz"],
+     ["--pid", "999999999"], ["--tcp", "--udp"]],
+)
+def test_cli_bad_input_is_status_2(args: list[str]) -> None:
+    code, out, err = _cli(*args)
+    assert code == 2
+    assert err
+
+
+def test_cli_nothing_readable_is_status_2(monkeypatch: pytest.MonkeyPatch) -> None:
+    from aioexclusive import _audit
+
+    monkeypatch.setattr(_audit.Reader, "options", lambda self, sock, holders: (None, "unknown (no permission): x"))
+    with socket.socket() as alone:
+        alone.bind(("127.0.0.1", 0))
+        alone.listen()
+        code, out, _ = _cli("--json", "--port", str(alone.getsockname()[1]))
+    assert code == 2
+    assert json.loads(out)["sockets"][0]["verdict"] == "unknown"
+
+
+if __name__ == "__main__":
+    mode = sys.argv[1]
+    if mode == "victim":
+        _victim(json.loads(sys.argv[2]))
+    elif mode == "loop":
+        _loop_victim(sys.argv[2])
+    elif mode == "many":
+        _many(int(sys.argv[2]))
+    elif mode == "twostep":
+        _two_step(int(sys.argv[2]), int(sys.argv[3]))
+    elif mode == "nonroot":
+        _nonroot(json.loads(sys.argv[2]))
+    elif mode == "multicast":
+        _multicast_scenario()
+    else:
+        raise SystemExit(f"unknown mode {mode}")
