@@ -10,7 +10,7 @@ Each submodule imports its framework when it is itself imported, never before:
   ``create_sockets`` follows the bind plan.
 * `aioexclusive.contrib.aiohttp`: ``run_app`` on an exclusive loop.
 
-anyio and pytest-asyncio need no module here: see the README
+anyio and pytest-asyncio need no module here: see docs/integrations.md
 (``backend_options={"loop_factory": aioexclusive.new_event_loop}``) and
 `aioexclusive.pytest_plugin`.
 """
