@@ -227,13 +227,17 @@ def _guard_check(what: str) -> Callable[[str], None]:
     def check(address: str) -> None:
         mode = guard_mode()
         parsed = parse_address(address)
-        if mode == "off" or parsed is None or parsed[1] == 0 or guard_allows(*parsed):
+        # Port 0 is checked too: an ephemeral port with SO_REUSEPORT can be
+        # joined as soon as it is known, and it is printed or published.
+        if mode == "off" or parsed is None or guard_allows(*parsed):
             return
-        where = f"[{parsed[0]}]:{parsed[1]}" if ":" in parsed[0] else f"{parsed[0]}:{parsed[1]}"
+        host = f"[{parsed[0]}]" if ":" in parsed[0] else parsed[0]
+        where = f"{host}:{parsed[1]}"
+        allow = f"{host}:{parsed[1] or '*'}"  # an allow entry names ports 1-65535 or '*'
         message = (
             f"{what}(options=[({REUSE_PORT_OPTION!r}, 1)]) on {where} lets any process of the same user bind the "
             f"same port and receive a share of its calls; if the processes sharing it are all yours (grpc's "
-            f"multiprocessing pattern), allow it: AIOEXCLUSIVE_GUARD_ALLOW={where!r}"
+            f"multiprocessing pattern), allow it: AIOEXCLUSIVE_GUARD_ALLOW={allow!r}"
         )
         if mode == "warn":
             try:
