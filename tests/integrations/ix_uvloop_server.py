@@ -1,0 +1,63 @@
+"""A UDP echo service on uvloop, as an unmodified program writes it (tests of AIOEXCLUSIVE_GUARD's uvloop hook).
+
+usage: ix_uvloop_server.py run|new_event_loop|install|policy
+Binds a plain UDP socket on 127.0.0.1:0 and hands it to the loop with sock= (the path where libuv turns
+SO_REUSEADDR on). Prints "PORT <n> LOOP <class>" once serving; answers each datagram with b"pid <pid>";
+stops on SIGINT/SIGTERM.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import socket
+import sys
+
+import uvloop
+
+
+class Echo(asyncio.DatagramProtocol):
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport
+
+    def datagram_received(self, data: bytes, addr: object) -> None:
+        self.transport.sendto(b"pid %d" % os.getpid(), addr)  # type: ignore[attr-defined]
+
+
+async def serve() -> None:
+    loop = asyncio.get_running_loop()
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sock.bind(("127.0.0.1", 0))
+    transport, _ = await loop.create_datagram_endpoint(Echo, sock=sock)
+    print(f"PORT {sock.getsockname()[1]} LOOP {type(loop).__name__}", flush=True)
+    stop = asyncio.Event()
+    loop.add_signal_handler(signal.SIGINT, stop.set)
+    loop.add_signal_handler(signal.SIGTERM, stop.set)
+    await stop.wait()
+    transport.close()
+
+
+def main() -> None:
+    how = sys.argv[1]
+    if how == "run":
+        uvloop.run(serve())
+    elif how == "new_event_loop":
+        loop = uvloop.new_event_loop()
+        try:
+            loop.run_until_complete(serve())
+        finally:
+            loop.close()
+    elif how in ("install", "policy"):
+        import warnings
+
+        warnings.simplefilter("ignore", DeprecationWarning)
+        if how == "install":
+            uvloop.install()
+        else:
+            asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
+        asyncio.run(serve())
+
+
+if __name__ == "__main__":
+    main()
