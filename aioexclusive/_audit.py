@@ -538,9 +538,11 @@ def audit(
     except OSError as exc:
         raise AuditError(f"cannot read {net_dir}: {exc.strerror}") from None
     # Every TCP port with a socket of either family, for the fast-path rule.
+    # Connections do not count: only a bound, unconnected socket (listening
+    # or not) is what keeps an attacker's prime bind out of the port.
     port_map = PortMap()
     for sock in everything:
-        if sock.proto == "tcp" and sock.port:
+        if sock.proto == "tcp" and sock.port and not sock.connected:
             port_map.add(sock.family, sock.address, sock.port)
     selected = [
         sock
@@ -551,6 +553,8 @@ def audit(
         and (uid_filter is None or sock.uid == uid_filter)
     ]
     scan = socket_owners()
+    if pid is not None and pid in scan.unreadable:
+        raise AuditError(f"cannot read the file descriptors of pid {pid} as this user (run as root or as its user)")
     if pid is not None:
         selected = [s for s in selected if any(p == pid for p, _ in scan.owners.get(s.inode, ()))]
     reader = Reader()

@@ -435,15 +435,19 @@ def test_procnet_reads_real_sockets_and_their_owner() -> None:
         tcp.listen()
         udp.bind(("127.0.0.1", 0))
         ports = {tcp.getsockname()[1], udp.getsockname()[1]}
+        # Other processes (tests running in parallel) may use the same port numbers.
         found = read_sockets(ports=ports)
-        assert {(s.proto, s.port, s.state) for s in found} == {
-            ("tcp", tcp.getsockname()[1], "LISTEN"),
-            ("udp", udp.getsockname()[1], "CLOSE"),
-        }
         owners = socket_owners({s.inode for s in found}).owners
-        assert sorted(fd for s in found for pid, fd in owners[s.inode] if pid == os.getpid()) == sorted(
-            [tcp.fileno(), udp.fileno()]
-        )
+        mine = {
+            fd: (s.proto, s.port, s.state, s.uid)
+            for s in found
+            for pid, fd in owners.get(s.inode, ())
+            if pid == os.getpid()
+        }
+        assert mine == {
+            tcp.fileno(): ("tcp", tcp.getsockname()[1], "LISTEN", os.getuid()),
+            udp.fileno(): ("udp", udp.getsockname()[1], "CLOSE", os.getuid()),
+        }
 
 
 def _obs(proto: str, family: int, address: str, options: dict[str, int] | None) -> Any:
@@ -704,7 +708,7 @@ def test_cli_json_schema_and_exit_status() -> None:
         assert set(udp) == {"proto", "address", "port", "pid", "process", "user", "options", "verdict", "who", "why"}
         assert udp["verdict"] == "shareable" and udp["pid"] == os.getpid() and udp["address"] == "127.0.0.1"
         assert code == 1
-        code, out, _ = _cli("--json", "--tcp", "--port", str(alone.getsockname()[1]))
+        code, out, _ = _cli("--json", "--tcp", "--port", str(alone.getsockname()[1]), "--pid", str(os.getpid()))
         (row,) = json.loads(out)["sockets"]
         assert row["verdict"] == "exclusive" and code == 0
         code, out, _ = _cli("--udp", "--port", f"{shared.getsockname()[1]}-{shared.getsockname()[1]}", "--color", "never")
@@ -721,6 +725,26 @@ def test_cli_bad_input_is_status_2(args: list[str]) -> None:
     code, out, err = _cli(*args)
     assert code == 2
     assert err
+
+
+def test_probe_fallback_for_unreadable_options(monkeypatch: pytest.MonkeyPatch) -> None:
+    from aioexclusive import _audit
+
+    monkeypatch.setattr(_audit.Reader, "options", lambda self, sock, holders: (None, "unknown (no permission): x"))
+    with socket.socket() as shared, socket.socket() as alone:
+        shared.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        for sock in (shared, alone):
+            sock.bind(("127.0.0.1", 0))
+            sock.listen()
+        ports = {shared.getsockname()[1]: "shareable", alone.getsockname()[1]: "exclusive"}
+        without = _audit.audit(pid=os.getpid(), proto="tcp")
+        assert {r["port"]: r["verdict"] for r in without["sockets"] if r["port"] in ports} == dict.fromkeys(
+            ports, "unknown"
+        )
+        assert without["exit"] == 2
+        report = _audit.audit(pid=os.getpid(), proto="tcp", probe=True)
+        assert {r["port"]: r["verdict"] for r in report["sockets"] if r["port"] in ports} == ports
+        assert report["exit"] == 1
 
 
 def test_cli_nothing_readable_is_status_2(monkeypatch: pytest.MonkeyPatch) -> None:
