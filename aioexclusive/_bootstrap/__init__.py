@@ -1,0 +1,1 @@
+"""The directory ``python -m aioexclusive run`` puts on PYTHONPATH (see sitecustomize.py)."""
