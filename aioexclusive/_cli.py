@@ -103,12 +103,32 @@ def _parser() -> argparse.ArgumentParser:
         help="for sockets whose options cannot be read, fall back to the bind probe (binds next to them)",
     )
     audit.add_argument("--json", action="store_true", help="print a JSON report for scripts")
+    run = commands.add_parser(
+        "run",
+        help="run a program with the guard and its post-import hooks on: run [--mode M] [--allow A] -- CMD ARGS...",
+        description="Run CMD with AIOEXCLUSIVE_GUARD set (and AIOEXCLUSIVE_GUARD_ALLOW, given --allow) in every "
+        "Python process it starts: Python binds become exclusive as the mode says, and grpc, uvloop, gunicorn, "
+        "tornado and aiocoap get exclusive defaults. CMD replaces this process (same pid, signals, exit status).",
+    )
+    run.add_argument("--mode", choices=("enforce", "raise", "warn", "off"), default="enforce", help="the guard's mode (default: enforce)")
+    run.add_argument(
+        "--allow",
+        metavar="HOST:PORT",
+        action="append",
+        help="a bind to leave shareable (repeatable, or comma-separated; e.g. '*:5353' for mDNS); replaces an "
+        "inherited AIOEXCLUSIVE_GUARD_ALLOW",
+    )
+    run.add_argument("program", nargs=argparse.REMAINDER, metavar="-- CMD ARGS", help="the program and its arguments")
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the exit status."""
     args = _parser().parse_args(argv)
+    if args.command == "run":
+        from ._launcher import launch
+
+        return launch(args.mode, args.allow, args.program)
     from ._term import Out
 
     out = Out(args.color)
