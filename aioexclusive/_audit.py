@@ -28,7 +28,6 @@ could not be read.
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import errno
 import ipaddress
 import json
@@ -190,6 +189,8 @@ def verdict(obs: Observed, ports: PortMap, *, user: str, coverage_known: bool = 
     reason = "TCP listener without SO_REUSEPORT"
     if options.get("SO_REUSEADDR"):
         reason += "; SO_REUSEADDR only allows restarts over TIME_WAIT"
+    if sock.is_wildcard and (sock.family == socket.AF_INET or options.get("IPV6_V6ONLY")):
+        reason += "; the other family is bound on this port too, which closes the bind fast path"
     return Finding("exclusive", "nobody else", reason)
 
 
@@ -273,7 +274,8 @@ class _Libc:
     """The few libc calls needed on a bare descriptor (no Python socket object around it)."""
 
     def __init__(self) -> None:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or None, use_errno=True)
+        # The running interpreter already links libc: no find_library (which runs ldconfig).
+        libc = ctypes.CDLL(None, use_errno=True)
         self._syscall = libc.syscall
         self._syscall.restype = ctypes.c_long
         self._getsockopt = libc.getsockopt
@@ -346,6 +348,9 @@ class Reader:
     def _pidfd(self, pid: int) -> int:
         cached = self._pidfds.get(pid)
         if cached is None:
+            if len(self._pidfds) >= 256:
+                # Stay well inside a non-root RLIMIT_NOFILE on hosts with many processes.
+                self.close()
             try:
                 cached = os.pidfd_open(pid)
             except OSError as exc:
@@ -561,6 +566,8 @@ def audit(
     reader.blind = bool(scan.unreadable)
     notes: list[str] = []
     observed: list[Observed] = []
+    # One process's sockets after another: one pidfd open at a time, mostly.
+    selected.sort(key=lambda s: min(scan.owners.get(s.inode, [(0, 0)])))
     try:
         for sock in selected:
             holders = sorted(scan.owners.get(sock.inode, ()))
@@ -651,17 +658,32 @@ def _add_unlisted_tcp(
 ) -> None:
     """Add TCP sockets that are bound but not listening (not in /proc/net/tcp*) to *port_map*."""
     known = {sock.inode for sock in listed} | _listed_inodes(net_dir)
+    here = _netns(None)
+    namespaces: dict[int, str | None] = {}
     for inode, holders in owners.items():
         if inode in known:
             continue
         for pid, fd in holders:
             if pid in blind_pids:
                 continue
+            # Processes of other network namespaces (containers) hold sockets
+            # no table here lists; they cannot hold a port of this namespace.
+            if pid not in namespaces:
+                namespaces[pid] = _netns(pid)
+            if namespaces[pid] != here:
+                continue
             found = reader.bound_tcp(pid, fd, inode)
             if found is not None:
                 family, address, port, v6only = found
                 port_map.add(family, address, port, v6only)
                 break
+
+
+def _netns(pid: int | None) -> str | None:
+    try:
+        return os.readlink(f"/proc/{'self' if pid is None else pid}/ns/net")
+    except OSError:
+        return None
 
 
 def _probe_fallback(sock: ProcSocket, finding: Finding) -> Finding:
