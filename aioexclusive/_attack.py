@@ -23,6 +23,8 @@ import sys
 import time
 from typing import IO, Any
 
+from ._guard import exempt
+
 __all__ = ["OPTION_SETS", "Agent", "attempt", "option_sets", "resolve_user"]
 
 NOBODY = 65534
@@ -48,11 +50,16 @@ def _family(host: str) -> socket.AddressFamily:
 def _open(proto: str, host: str, port: int, options: list[str] | tuple[str, ...]) -> tuple[socket.socket, str]:
     sock = socket.socket(_family(host), socket.SOCK_STREAM if proto == "tcp" else socket.SOCK_DGRAM)
     try:
-        for name in options:
-            sock.setsockopt(socket.SOL_SOCKET, getattr(socket, name), 1)
-        if ":" in host:
-            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
-        sock.bind((host, port))
+        # The attacker's sockets are shareable on purpose: the process-wide
+        # guard (AIOEXCLUSIVE_GUARD inherited by the CLI) must not fix or
+        # refuse them, or the tools would report what the guard did to
+        # themselves instead of what an attacker can do.
+        with exempt():
+            for name in options:
+                sock.setsockopt(socket.SOL_SOCKET, getattr(socket, name), 1)
+            if ":" in host:
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            sock.bind((host, port))
     except BaseException:
         sock.close()
         raise
@@ -204,7 +211,8 @@ class Agent:
                     os.setgroups([])
                     os.setgid(gid if gid is not None else uid)
                     os.setuid(uid)
-                with child.makefile("rb") as rfile, child.makefile("wb") as wfile:
+                # The whole agent is an attacker: nothing it binds is judged by the guard.
+                with exempt(), child.makefile("rb") as rfile, child.makefile("wb") as wfile:
                     _serve(rfile, wfile)
             except BaseException:
                 code = 1
@@ -261,4 +269,7 @@ class Agent:
 
 
 if __name__ == "__main__":  # the Windows agent: python -m aioexclusive._attack
-    _serve(sys.stdin.buffer, sys.stdout.buffer)
+    # A new interpreter: the guard may be on again here (the .pth reads the
+    # inherited AIOEXCLUSIVE_GUARD); the agent's binds stay exempt.
+    with exempt():
+        _serve(sys.stdin.buffer, sys.stdout.buffer)

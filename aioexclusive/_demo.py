@@ -31,6 +31,7 @@ from typing import Any
 
 from ._attack import NOBODY, Agent, option_sets, resolve_user
 from ._errors import ExclusivityError
+from ._guard import exempt
 from ._term import Out
 
 __all__ = ["run_demo"]
@@ -206,11 +207,18 @@ def _run_on(coro_factory: Any, base: str, exclusive: bool) -> Outcome:
     if base == "uvloop":
         import uvloop
 
-        loop = uvloop.new_event_loop()
+        # uvloop.Loop, not uvloop.new_event_loop: under AIOEXCLUSIVE_GUARD the
+        # latter gives the exclusive loop (aioexclusive._import_hooks), and the
+        # point here is the plain one.
+        loop = uvloop.Loop()
     else:
         loop = asyncio.new_event_loop()
     try:
-        return loop.run_until_complete(coro_factory())  # type: ignore[no-any-return]
+        # The plain-loop victims are shareable on purpose (that is the demo):
+        # a guard inherited through AIOEXCLUSIVE_GUARD must not fix or refuse
+        # them. The task copies this context, so the exemption covers its binds.
+        with exempt():
+            return loop.run_until_complete(coro_factory())  # type: ignore[no-any-return]
     finally:
         loop.run_until_complete(loop.shutdown_asyncgens())
         loop.close()

@@ -1,4 +1,4 @@
-"""The process-wide guard: an audit hook on ``socket.bind``.
+"""The process-wide guard: an audit hook on ``socket.bind``, and a watch on late ``setsockopt``.
 
 The exclusive loops only protect sockets they create. Much server code binds
 its own sockets first (``socket.create_server``, uvicorn's and hypercorn's
@@ -7,12 +7,27 @@ the result. CPython raises the audit event ``socket.bind`` with the socket and
 the address *before* the system call, for every bind made through the
 ``socket`` module, so a hook added with ``sys.addaudithook`` sees every such
 socket in the process while its options can still be checked or changed.
+Port 0 included: once bound, an ephemeral port is as public as any other (it
+is listed by ``ss``), and a shareable socket on it can be joined all the same.
+
+CPython raises no audit event for ``setsockopt`` or ``listen`` (only
+``socket.__new__``, ``bind``, ``connect``, ``sendto``/``sendmsg`` and the name
+lookups), yet ``SO_REUSEPORT`` set after ``bind`` (even after ``listen``) or
+UDP ``SO_REUSEADDR`` set after ``bind`` shares the port on Linux exactly like
+the option set before. ``socket.__new__`` does not help either: it is raised
+before the file descriptor is attached, even for ``socket(fileno=...)``. So
+the guard also replaces ``socket.socket.setsockopt`` (the Python class; every
+``socket.socket`` and ``ssl.SSLSocket`` goes through it) with a wrapper that
+judges a sharing option turned on for a socket that is already bound, the
+same way the hook judges a bind. Calls that bypass that class attribute
+(``_socket.socket.setsockopt(sock, ...)``, C extensions, libuv) stay unseen.
 
 What this cannot see: binds made in C without the ``socket`` module (uvloop
 and winloop bind through libuv, other extension modules call ``bind(2)``
-themselves) raise no audit event. Use the exclusive loops for those.
+themselves) raise no audit event, nor do sockets that arrive bound (inherited
+descriptors, ``socket.fromfd``). Use the exclusive loops for those.
 
-Three facts shape the code below:
+Four facts shape the code below:
 
 * Audit hooks cannot be removed, and the hook is called for *every* audit
   event in the process (imports, ``open``, ``exec``...), so the first line
@@ -21,24 +36,30 @@ Three facts shape the code below:
 * An exception raised in an audit hook aborts the operation that raised the
   event. That is how ``raise`` refuses a bind, and also why any *other*
   exception here would break innocent code: everything but our own
-  `ExclusivityError` is swallowed.
-* ``getsockopt``/``setsockopt`` raise no audit event (only ``socket.__new__``,
-  ``bind``, ``connect``, ``sendto``/``sendmsg`` and the name lookups do), so
-  fixing a socket from inside the hook does not re-enter it. A guard against
-  re-entry stays anyway: a ``showwarning`` replacement may well open sockets.
+  `ExclusivityError` is swallowed (the setsockopt wrapper does the same).
+* ``getsockopt``/``setsockopt`` raise no audit event, and the guard calls the
+  C-level methods, so fixing a socket from inside the hook re-enters neither
+  the hook nor the wrapper. A guard against re-entry stays anyway: a
+  ``showwarning`` replacement may well open sockets.
+* aioexclusive's own tools (``python -m aioexclusive probe``/``demo``) open
+  deliberately shareable attacker sockets, possibly in a process that
+  inherited ``AIOEXCLUSIVE_GUARD``: they bind inside `exempt()`.
 """
 
 from __future__ import annotations
 
 import _socket
+import contextlib
 import functools
 import ipaddress
+import operator
 import os
 import socket
 import sys
 import threading
 import warnings
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Iterator
+from contextvars import ContextVar
 from dataclasses import dataclass
 from types import FrameType
 from typing import Any, Literal, Union
@@ -55,7 +76,7 @@ from ._plan import (
     make_plan,
 )
 
-__all__ = ["ENV_ALLOW", "ENV_VAR", "MODES", "GuardMode", "activate_from_environment", "current_mode", "guard"]
+__all__ = ["ENV_ALLOW", "ENV_VAR", "MODES", "GuardMode", "activate_from_environment", "current_mode", "exempt", "guard"]
 
 GuardMode = Literal["warn", "raise", "enforce", "off"]
 MODES: tuple[GuardMode, ...] = ("warn", "raise", "enforce", "off")
@@ -73,10 +94,13 @@ _family_of = _CSocket.family.__get__
 _type_of = _CSocket.type.__get__
 _getsockopt = _CSocket.getsockopt
 _setsockopt = _CSocket.setsockopt
+_getsockname = _CSocket.getsockname
 
 _AF_INET6 = getattr(socket, "AF_INET6", None)
+_INET = frozenset(family for family in (socket.AF_INET, _AF_INET6) if family is not None)
 _TYPE_FLAGS = getattr(socket, "SOCK_NONBLOCK", 0) | getattr(socket, "SOCK_CLOEXEC", 0)
 _OPTIONS = {name: getattr(socket, name) for name in SHARING_OPTIONS if hasattr(socket, name)}
+_OPTION_NAMES = {const: name for name, const in _OPTIONS.items()}
 
 # The frames of these modules are plumbing between the code that asked for a
 # socket and the bind; a warning points past them, at the code that asked.
@@ -84,6 +108,15 @@ _PLUMBING = ("socket", "asyncio", "selectors", "ssl")
 # aioexclusive's own binds have already been planned (a reuse_port socket there
 # is the caller's explicit allow_reuse_port=True), so the guard trusts them.
 _OWN_BINDER = "aioexclusive._binding"
+# Where socket.socketpair() has no system call (Windows), the stdlib emulates
+# it with a loopback listener on port 0 that lives for one accept; asyncio
+# makes one for every event loop. Nobody can change that code, and refusing it
+# would break every loop, so raise and enforce make it exclusive (safe for a
+# one-shot listener) and warn leaves it alone.
+_SOCKETPAIR = ("socketpair", "_fallback_socketpair")
+
+# Set by exempt(): binds (and late options) in this context are not judged.
+_EXEMPT: ContextVar[bool] = ContextVar("aioexclusive_guard_exempt", default=False)
 
 
 @dataclass(frozen=True)
@@ -93,7 +126,7 @@ class _Pattern:
     text: str
     host: str | None  # None: any host; otherwise a name compared as given
     network: ipaddress.IPv4Network | ipaddress.IPv6Network | None
-    ports: tuple[int, int] | None  # None: any port
+    ports: tuple[int, int] | None  # None: any port (0, "the system picks", included)
 
     def matches(self, host: str, port: int) -> bool:
         if self.ports is not None and not self.ports[0] <= port <= self.ports[1]:
@@ -126,13 +159,34 @@ def current_mode() -> GuardMode:
     return _state.mode
 
 
+@contextlib.contextmanager
+def exempt() -> Iterator[None]:
+    """Leave the binds (and late ``setsockopt`` calls) made inside this block alone, in every mode.
+
+    For aioexclusive's own attacker sockets (``probe``, ``demo``), which are
+    meant to be shareable and must behave the same whether or not the process
+    inherited ``AIOEXCLUSIVE_GUARD``. A context variable, so it covers this
+    thread's code and the asyncio tasks created inside the block, not other
+    threads. A process forked inside the block keeps it for the forking thread;
+    a new interpreter does not (its own binds must be inside `exempt` too).
+    """
+    token = _EXEMPT.set(True)
+    try:
+        yield
+    finally:
+        _EXEMPT.reset(token)
+
+
 def guard(mode: GuardMode = "warn", *, allow: Iterable[AllowEntry] = ()) -> GuardMode:
     """Watch every ``socket.bind`` in this process for shareable sockets.
 
     A bind is *shareable* when the socket's options let another socket bind
     the same port under the bind plan (`make_plan`): ``SO_REUSEPORT``, UDP
     with ``SO_REUSEADDR``, and on Windows a TCP/UDP socket without
-    ``SO_EXCLUSIVEADDRUSE`` or with ``SO_REUSEADDR``.
+    ``SO_EXCLUSIVEADDRUSE`` or with ``SO_REUSEADDR``. Binds to port 0 are
+    judged like any other: the port the system picks is public once bound.
+    Turning such an option on with ``setsockopt`` *after* the bind is judged
+    too (``raise`` refuses the call, ``enforce`` skips it, ``warn`` warns).
 
     Args:
         mode: ``"warn"``: emit `ExclusivityWarning` naming the address and the
@@ -144,8 +198,9 @@ def guard(mode: GuardMode = "warn", *, allow: Iterable[AllowEntry] = ()) -> Guar
             address, a network such as ``"10.0.0.0/8"``, a name as the code
             passes it to ``bind``, or ``"*"``; IPv6 in brackets,
             ``"[::1]:8000"``; ``PORT`` a number, a range ``"8000-8010"`` or
-            ``"*"``), bare port numbers, or ``(host, port)`` tuples with
-            ``None`` for "any".
+            ``"*"``; ``0`` names binds that let the system pick the port),
+            bare port numbers, or ``(host, port)`` tuples with ``None`` for
+            "any".
 
     Returns:
         The previous mode.
@@ -154,9 +209,8 @@ def guard(mode: GuardMode = "warn", *, allow: Iterable[AllowEntry] = ()) -> Guar
     for the life of the process (audit hooks cannot be removed); each later
     call replaces the mode and the allow list. Multicast binds (to a multicast
     group, or on Windows the wildcard bind of a receiver shaped as the plan
-    says) are never touched, nor are AF_UNIX sockets and port 0 binds. Binds
-    made in C (uvloop, winloop, other extensions) raise no audit event and are
-    not seen.
+    says) are never touched, nor are AF_UNIX sockets. Binds made in C (uvloop,
+    winloop, other extensions) raise no audit event and are not seen.
     """
     if mode not in MODES:
         raise ValueError(f"mode must be one of {', '.join(map(repr, MODES))}, got {mode!r}")
@@ -192,6 +246,7 @@ def _install() -> None:
     sys.audit("aioexclusive.guard.probe")
     if not getattr(_local, "probed", False):
         raise RuntimeError("aioexclusive.guard() could not install its audit hook: another audit hook refused it")
+    _wrap_setsockopt()
     _state.installed = True
 
 
@@ -202,7 +257,7 @@ def _hook(event: str, args: tuple[Any, ...]) -> None:
         if event == "aioexclusive.guard.probe":
             _local.probed = True
         return
-    if _state.mode == "off" or getattr(_local, "busy", False):
+    if _state.mode == "off" or getattr(_local, "busy", False) or _EXEMPT.get():
         return
     _local.busy = True
     try:
@@ -249,40 +304,67 @@ def _classify(host: str) -> tuple[bool, bool]:
     return False, False
 
 
-def _check_bind(args: tuple[Any, ...]) -> None:
-    if len(args) != 2:
-        return
-    sock, address = args
+def _host_text(host: object) -> str | None:
+    """The host as ``bind`` will take it: ``str``, or ``bytes``/``bytearray`` (CPython's idna converter takes both)."""
+    if type(host) is str:
+        return host
+    if isinstance(host, str):
+        return str(host)
+    if isinstance(host, (bytes, bytearray)):
+        # Passed to the resolver byte for byte; numeric addresses are ASCII,
+        # anything else is a name (judged as a unicast address) either way.
+        return bytes(host).decode("ascii", "backslashreplace")
+    return None  # the bind itself raises TypeError
+
+
+def _port_number(port: object) -> int:
+    """The port as ``bind`` will take it: an int or any object with ``__index__`` (TypeError otherwise)."""
+    if type(port) is int:
+        return port
+    return operator.index(port)  # type: ignore[arg-type]  # a TypeError is swallowed: the bind raises its own
+
+
+_Finding = tuple[BindPlan, list[str], list[str], str, int]
+
+
+def _shareable(sock: object, address: object, change: tuple[str, int] | None) -> _Finding | None:
+    """(plan, offending, missing, host, port) if *sock* bound to *address* is shareable, else ``None``.
+
+    *change*: an option about to be set (name, value), judged as if set already.
+    """
     if not isinstance(sock, _CSocket):
-        return  # anyone may call sys.audit("socket.bind", ...) with anything
+        return None  # anyone may call sys.audit("socket.bind", ...) with anything
     family = _family_of(sock)
-    if family not in (socket.AF_INET, getattr(socket, "AF_INET6", None)):
-        return  # AF_UNIX (its own takeover is a different story), AF_PACKET, Bluetooth...
+    if family not in _INET:
+        return None  # AF_UNIX (its own takeover is a different story), AF_PACKET, Bluetooth...
     if not isinstance(address, tuple) or len(address) < 2:
-        return  # the bind itself will reject it
-    host, port = address[0], address[1]
-    if not isinstance(host, str) or not isinstance(port, int) or port == 0:
-        return  # port 0: an ephemeral port nobody can aim at in advance
+        return None  # the bind itself will reject it
+    host = _host_text(address[0])
+    if host is None:
+        return None
+    port = _port_number(address[1])
     kind = _type_of(sock) & ~_TYPE_FLAGS
     if kind == socket.SOCK_STREAM:
         role = Role.TCP_LISTENER  # a fixed-port TCP client has the same row in every platform's plan
     elif kind == socket.SOCK_DGRAM:
         role = Role.UDP_UNICAST
     else:
-        return  # raw sockets and the like are not what the plan is about
+        return None  # raw sockets and the like are not what the plan is about
     if host == "":
         host = "0.0.0.0" if family == socket.AF_INET else "::"
     for pattern in _state.allow:
         if pattern.matches(host, port):
-            return
+            return None
 
     plans, reads = _state.plans, _state.reads
     assert plans is not None and reads is not None
     values = {name: _getsockopt(sock, socket.SOL_SOCKET, const) for name, const in reads[role]}
+    if change is not None:
+        values[change[0]] = change[1]
     if role is Role.UDP_UNICAST:
         is_multicast, is_unspecified = _classify(host)
         if is_multicast:
-            return  # a receiver bound to its group: sharing the port is the point
+            return None  # a receiver bound to its group: sharing the port is the point
         multicast = plans[Role.UDP_MULTICAST]
         if (
             multicast.bind_to == "wildcard"
@@ -292,24 +374,40 @@ def _check_bind(args: tuple[Any, ...]) -> None:
             # Windows' multicast receivers bind the wildcard with SO_REUSEADDR
             # and join the group afterwards; the membership comes later than
             # this event, so the shape the plan prescribes is all we can see.
-            return
+            # (Linux and BSD receivers bind the group: a wildcard bind there is
+            # a unicast socket and is judged as one.)
+            return None
     plan = plans[role]
     offending = [name for name in plan.never if values.get(name)]
     missing = [name for name, value in plan.set if name == SO_EXCLUSIVEADDRUSE and name in values and values[name] != value]
     if not offending and not missing:
-        return
+        return None
+    return plan, offending, missing, host, port
 
+
+def _check_bind(args: tuple[Any, ...]) -> None:
+    if len(args) != 2:
+        return
+    sock, address = args
+    found = _shareable(sock, address, None)
+    if found is None:
+        return
+    plan, offending, missing, host, port = found
     caller = sys._getframe(2)  # _check_bind <- _hook <- the Python code that called bind()
     if caller.f_globals.get("__name__") == _OWN_BINDER:
         return
     mode = _state.mode
+    if caller.f_code.co_name in _SOCKETPAIR and caller.f_globals.get("__name__") == "socket":
+        if mode != "warn":
+            _fix(sock, plan, offending, missing, host, port)
+        return
     if mode == "enforce":
         _fix(sock, plan, offending, missing, host, port)
         return
     message = _describe(plan, offending, missing, host, port, caller)
     if mode == "raise":
         raise ExclusivityError(f"refused a {message}")
-    _warn(f"a {message}", _origin(caller))
+    _warn(f"a {message}", _origin(caller), f"refused a {message}")
 
 
 def _fix(sock: Any, plan: BindPlan, offending: list[str], missing: list[str], host: str, port: int) -> None:
@@ -329,8 +427,102 @@ def _fix(sock: Any, plan: BindPlan, offending: list[str], missing: list[str], ho
         ) from exc
 
 
+# --------------------------------------------------------------------------- late setsockopt
+
+
+def _option_value(args: tuple[Any, ...]) -> int | None:
+    """The value a ``setsockopt(level, name, value[, optlen])`` call sets, as an int (``None``: not judged)."""
+    if len(args) != 3:
+        return None  # (level, name, None, optlen) sets nothing readable; bad calls fail on their own
+    value = args[2]
+    if isinstance(value, int):
+        return int(value)
+    try:
+        data = bytes(memoryview(value))
+    except TypeError:
+        return None
+    # A packed int (struct.pack("i", 1)): any nonzero byte turns the option on.
+    return int(any(data))
+
+
+def _wrap_setsockopt() -> None:
+    """Route ``socket.socket.setsockopt`` through `_late_option` (once; audit events do not cover it)."""
+    inner = socket.socket.setsockopt
+    if getattr(inner, "__aioexclusive_guard__", False):
+        return
+    watched = frozenset(_OPTION_NAMES)
+    sol_socket = socket.SOL_SOCKET
+
+    def setsockopt(self: socket.socket, *args: Any) -> None:
+        # Every setsockopt of the process passes here (asyncio sets
+        # TCP_NODELAY on each connection): one tuple index and one set lookup
+        # for anything that is not a sharing option.
+        if len(args) >= 3 and args[1] in watched and args[0] == sol_socket and _state.mode != "off":
+            if _late_option(self, args):
+                return None  # enforce: the option stays off, the socket exclusive
+        return inner(self, *args)
+
+    setsockopt.__doc__ = inner.__doc__
+    setsockopt.__qualname__ = "socket.setsockopt"
+    setsockopt.__wrapped__ = inner  # type: ignore[attr-defined]
+    setsockopt.__aioexclusive_guard__ = True  # type: ignore[attr-defined]
+    # The Python class, not _socket.socket (a C type cannot be changed): that is
+    # the attribute sock.setsockopt finds for socket.socket, its subclasses
+    # (ssl.SSLSocket) and asyncio's TransportSocket, which forwards to it.
+    setattr(socket.socket, "setsockopt", setsockopt)  # noqa: B010 - mypy rejects assigning to a method
+
+
+def _late_option(sock: Any, args: tuple[Any, ...]) -> bool:
+    """Judge a sharing option set on an already bound socket; ``True``: skip the call (enforce)."""
+    if getattr(_local, "busy", False) or _EXEMPT.get():
+        return False
+    _local.busy = True
+    try:
+        return _check_late_option(sock, args, sys._getframe(2))  # <- setsockopt wrapper <- its caller
+    except ExclusivityError:
+        raise
+    except Exception:  # noqa: BLE001 - as in _hook: our trouble must not break someone's setsockopt
+        return False
+    finally:
+        _local.busy = False
+
+
+def _check_late_option(sock: Any, args: tuple[Any, ...], caller: FrameType) -> bool:
+    value = _option_value(args)
+    if value is None or not isinstance(sock, _CSocket) or _family_of(sock) not in _INET:
+        return False
+    try:
+        bound = _getsockname(sock)
+    except OSError:
+        return False
+    if not isinstance(bound, tuple) or len(bound) < 2 or bound[1] == 0:
+        return False  # not bound yet: the bind will be judged with this option
+    name = _OPTION_NAMES[args[1]]
+    found = _shareable(sock, bound, (name, value))
+    if found is None:
+        return False
+    plan, offending, missing, host, port = found
+    if name not in offending and name not in missing:
+        return False  # shareable already (warned at bind, or allowed); this call adds nothing
+    if caller.f_globals.get("__name__") == _OWN_BINDER:
+        return False
+    mode = _state.mode
+    if mode == "enforce":
+        return True
+    change = f"setsockopt({name}, {value}) after the bind"
+    message = _describe(plan, [n for n in offending if n == name], [n for n in missing if n == name], host, port, caller, change)
+    if mode == "raise":
+        raise ExclusivityError(f"refused {message}")
+    _warn(message, _origin(caller), f"refused {message}")
+    return False
+
+
+# --------------------------------------------------------------------------- messages
+
+
 def _where(host: str, port: int) -> str:
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    where = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    return where + " (a port the system picks)" if port == 0 else where
 
 
 def _frame_text(frame: FrameType) -> str:
@@ -348,45 +540,86 @@ def _origin(frame: FrameType) -> FrameType:
     return frame
 
 
-def _describe(plan: BindPlan, offending: list[str], missing: list[str], host: str, port: int, caller: FrameType) -> str:
+def _describe(
+    plan: BindPlan,
+    offending: list[str],
+    missing: list[str],
+    host: str,
+    port: int,
+    caller: FrameType,
+    change: str | None = None,
+) -> str:
     what = "connections" if plan.role.protocol == "TCP" else "datagrams"
-    reasons = [
-        f"{name} lets {_who_can_share(plan.platform, plan.role, name)} bind the same port and receive its {what}"
-        for name in offending
-    ]
+    reasons = []
+    for name in offending:
+        who = _who_can_share(plan.platform, plan.role, name)
+        who = f"a socket {who}" if who.startswith("of ") else who  # "of any user" (Linux UDP SO_REUSEADDR)
+        reasons.append(f"{name} lets {who} bind the same port and receive its {what}")
     reasons += [f"{name} is not set: {plan.why}" for name in missing]
     origin = _origin(caller)
     where = _frame_text(caller)
     if origin is not caller:
         where += f", called from {_frame_text(origin)}"
+    address = _where(host, port)
+    pattern = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    if change is None:
+        head = f"shareable {plan.role.protocol} bind to {address}"
+        fix = "makes such sockets exclusive before they bind"
+    else:
+        head = f"{change} of the {plan.role.protocol} socket on {address}"
+        fix = "leaves such late options unset"
     return (
-        f"shareable {plan.role.protocol} bind to {_where(host, port)} (at {where}): {'; '.join(reasons)}. "
-        f"aioexclusive.guard('enforce') makes such sockets exclusive before they bind; if the sharing is "
-        f"intended, allow it with guard(..., allow=[{_where(host, port)!r}])"
+        f"{head} (at {where}): {'; '.join(reasons)}. "
+        f"aioexclusive.guard('enforce') {fix}; if the sharing is "
+        f"intended, allow it with guard(..., allow=[{pattern!r}])"
     )
 
 
-def _warn(message: str, frame: FrameType) -> None:
-    # warn_explicit with the frame's own module and registry: attributed to the
-    # code that bound the socket, like warnings.warn(stacklevel=N) would be if
-    # there were a fixed N between an audit hook and that code.
+def _warn(message: str, frame: FrameType, refusal: str) -> None:
+    """Emit `ExclusivityWarning` attributed to *frame*; never silently nothing.
+
+    warn_explicit with the frame's own module and registry: attributed to the
+    code that bound the socket, like warnings.warn(stacklevel=N) would be if
+    there were a fixed N between an audit hook and that code. Passing
+    ``module_globals`` lets the warning show source that is not a plain file
+    (zip imports), but makes warn_explicit ask the module's loader for it, and
+    some loaders raise there: ``__main__`` under ``python -c`` or read from
+    stdin has BuiltinImporter, whose get_source raises ImportError. Each
+    failure falls back to a plainer way, down to a line on stderr.
+    """
     module_globals = frame.f_globals
-    registry = module_globals.setdefault("__warningregistry__", {})
+    filename, lineno = frame.f_code.co_filename, frame.f_lineno
+    module = str(module_globals.get("__name__", "<unknown>"))
+    registry = module_globals.get("__warningregistry__")
+    if not isinstance(registry, dict):
+        registry = {}
+        with contextlib.suppress(Exception):
+            module_globals["__warningregistry__"] = registry
+    ways: tuple[Callable[[], None], ...] = (
+        lambda: warnings.warn_explicit(
+            message, ExclusivityWarning, filename, lineno, module=module, registry=registry, module_globals=module_globals
+        ),
+        lambda: warnings.warn_explicit(message, ExclusivityWarning, filename, lineno, module=module, registry=registry),
+        lambda: warnings.warn(message, ExclusivityWarning, stacklevel=2),
+    )
+    failure: BaseException | None = None
+    for way in ways:
+        try:
+            way()
+            return
+        except ExclusivityWarning as exc:
+            # The warning filters turned it into an error (-W error, pytest's
+            # filterwarnings): the user asked for warn to be fatal, which is what
+            # "raise" does; keep the promise that only ExclusivityError leaves.
+            raise ExclusivityError(refusal) from exc
+        except Exception as exc:  # noqa: BLE001 - try the next, plainer way
+            failure = exc
     try:
-        warnings.warn_explicit(
-            message,
-            ExclusivityWarning,
-            frame.f_code.co_filename,
-            frame.f_lineno,
-            module=str(module_globals.get("__name__", "<unknown>")),
-            registry=registry,
-            module_globals=module_globals,
+        sys.stderr.write(
+            f"{filename}:{lineno}: ExclusivityWarning: {message} (the warnings machinery failed: {failure!r})\n"
         )
-    except ExclusivityWarning as exc:
-        # The warning filters turned it into an error (-W error, pytest's
-        # filterwarnings): the user asked for warn to be fatal, which is what
-        # "raise" does; keep the promise that only ExclusivityError leaves.
-        raise ExclusivityError(f"refused a {message}") from exc
+    except Exception:  # noqa: BLE001, S110 - no warnings and no stderr: nothing is left to report with
+        pass
 
 
 def _parse_port(text: str, entry: object) -> tuple[int, int] | None:
@@ -398,8 +631,9 @@ def _parse_port(text: str, entry: object) -> tuple[int, int] | None:
         last = int(high) if sep else first
     except ValueError:
         raise ValueError(f"allow entry {entry!r}: the port must be a number, a range like 8000-8010 or '*'") from None
-    if not (0 < first <= last <= 65535):
-        raise ValueError(f"allow entry {entry!r}: ports must be 1-65535 (low-high)")
+    if not (0 <= first <= last <= 65535):
+        # 0 names the binds that let the system pick the port ("127.0.0.1:0").
+        raise ValueError(f"allow entry {entry!r}: ports must be 0-65535 (low-high; 0: the system picks)")
     return (first, last)
 
 

@@ -12,6 +12,7 @@ import json
 import os
 import select
 import socket
+import struct
 import subprocess
 import sys
 import textwrap
@@ -119,7 +120,64 @@ def _scenario_plain_loop_reuse_port(port: int) -> socket.socket:
         loop.close()
 
 
+class _Index:
+    """A port given as an object with ``__index__``: bind takes it like an int."""
+
+    def __init__(self, value: int) -> None:
+        self.value = value
+
+    def __index__(self) -> int:
+        return self.value
+
+
+def _udp(host: Any, port: Any, *, late: bool = False) -> socket.socket:
+    """A UDP socket with SO_REUSEADDR, set before bind (or, *late*, after it)."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        if not late:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((host, port))
+        if late:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
+def _tcp_late(port: int, value: Any) -> socket.socket:
+    """A listener bound without SO_REUSEPORT that turns it on between bind and listen."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as create_server does on POSIX
+        sock.bind(("127.0.0.1", port))
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, value)
+        sock.listen(64)
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
+def _scenario_tcp_port0(port: int) -> socket.socket:
+    return socket.create_server(("127.0.0.1", 0), reuse_port=True)
+
+
 SCENARIOS = {
+    # Port 0: the port the system picks is public once bound (issue 12.7).
+    "udp_port0": lambda port: _udp("127.0.0.1", 0),
+    "tcp_port0": _scenario_tcp_port0,
+    # Host and port in the other spellings bind() takes (issue 12.8).
+    "udp_bytes_host": lambda port: _udp(b"127.0.0.1", port),
+    "udp_bytearray_host": lambda port: _udp(bytearray(b"127.0.0.1"), port),
+    "udp_index_port": lambda port: _udp("127.0.0.1", _Index(port)),
+    # Linux: the wildcard multicast-receiver shape is Windows' only (issue 12.8).
+    "udp_wildcard": lambda port: _udp("0.0.0.0", port),
+    "udp_wildcard_empty_host": lambda port: _udp("", port),
+    # Sharing turned on after the bind: no audit event, seen by the setsockopt wrapper.
+    "udp_late": lambda port: _udp("127.0.0.1", port, late=True),
+    "tcp_late": lambda port: _tcp_late(port, 1),
+    "tcp_late_packed": lambda port: _tcp_late(port, struct.pack("i", 1)),
     "create_server": _scenario_create_server,
     "udp_reuseaddr": _scenario_udp_reuseaddr,
     "hypercorn": _scenario_hypercorn,
@@ -193,7 +251,7 @@ def _child_main(spec: dict[str, Any]) -> dict[str, Any]:
             # Was the port touched? A refused bind must not have happened.
             # (The probe is a plain socket: the guard, off now, must not judge it.)
             aioexclusive.guard("off")
-            probe = socket.socket(socket.AF_INET, socket.SOCK_STREAM if spec["scenario"] != "udp_reuseaddr" else socket.SOCK_DGRAM)
+            probe = socket.socket(socket.AF_INET, socket.SOCK_DGRAM if spec["scenario"].startswith("udp") else socket.SOCK_STREAM)
             try:
                 probe.bind(("127.0.0.1", port))
                 result["port_free"] = True
@@ -206,7 +264,8 @@ def _child_main(spec: dict[str, Any]) -> dict[str, Any]:
                 result["options"] = _options(sock)
                 result["address"] = list(sock.getsockname())
                 if attacker is not None:
-                    result["attack"] = _attack(attacker, sock, port, spec["attack"])
+                    # The bound port: the system's pick for the port-0 scenarios.
+                    result["attack"] = _attack(attacker, sock, sock.getsockname()[1], spec["attack"])
             finally:
                 sock.close()
         return result
@@ -424,6 +483,236 @@ def test_warnings_as_errors_become_exclusivity_error() -> None:
     assert result["port_free"]
 
 
+# --------------------------------------------------------------------------- port 0, other spellings, late options
+
+# scenario: (protocol, option, what the message names, attack from another user?)
+MORE = {
+    "udp_port0": ("udp", "SO_REUSEADDR", "127.0.0.1:0 (a port the system picks)", True),
+    "tcp_port0": ("tcp", "SO_REUSEPORT", "127.0.0.1:0 (a port the system picks)", False),
+    "udp_bytes_host": ("udp", "SO_REUSEADDR", "127.0.0.1:{port}", True),
+    "udp_bytearray_host": ("udp", "SO_REUSEADDR", "127.0.0.1:{port}", True),
+    "udp_index_port": ("udp", "SO_REUSEADDR", "127.0.0.1:{port}", True),
+    "udp_wildcard": ("udp", "SO_REUSEADDR", "0.0.0.0:{port}", True),
+    "udp_wildcard_empty_host": ("udp", "SO_REUSEADDR", "0.0.0.0:{port}", True),
+    "udp_late": ("udp", "SO_REUSEADDR", "setsockopt(SO_REUSEADDR, 1) after the bind of the UDP socket on 127.0.0.1:{port}", True),
+    "tcp_late": ("tcp", "SO_REUSEPORT", "setsockopt(SO_REUSEPORT, 1) after the bind of the TCP socket on 127.0.0.1:{port}", False),
+    "tcp_late_packed": ("tcp", "SO_REUSEPORT", "setsockopt(SO_REUSEPORT, 1) after the bind", False),
+}
+linux_only = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="Linux's sharing rules (UDP SO_REUSEADDR across users)")
+
+
+def _more(scenario: str, modes: list[str]) -> dict[str, Any]:
+    proto, option, _, cross_user = MORE[scenario]
+    return run_child(scenario, modes, attack=[option], other_user=cross_user and IS_ROOT)
+
+
+@linux_only
+@pytest.mark.parametrize("scenario", list(MORE))
+def test_more_control_without_guard_the_attacker_wins(scenario: str) -> None:
+    """Each of these sockets is really shareable: unguarded, the attacker binds and steals."""
+    result = _more(scenario, [])
+    option = MORE[scenario][1]
+    assert "error" not in result and result["options"][option] == 1, result
+    attack = result["attack"]
+    assert attack["bound"] and attack["stolen"] > 0, attack
+
+
+@linux_only
+@pytest.mark.parametrize("scenario", list(MORE))
+def test_more_raise_refuses(scenario: str) -> None:
+    result = run_child(scenario, ["raise"])
+    error = result.get("error")
+    assert error is not None, f"{scenario} passed the guard in raise mode: {result}"
+    assert (error["module"], error["type"]) == ("aioexclusive._errors", "ExclusivityError"), error
+    _, option, names, _ = MORE[scenario]
+    assert option in error["message"] and names.format(port=result["port"]) in error["message"], error
+    assert result["port_free"], "a refused socket was left bound"
+
+
+@linux_only
+@pytest.mark.parametrize("scenario", list(MORE))
+def test_more_enforce_keeps_the_attacker_out(scenario: str) -> None:
+    result = _more(scenario, ["enforce"])
+    option = MORE[scenario][1]
+    assert "error" not in result and result["warnings"] == [], result
+    assert result["options"][option] == 0, result
+    attack = result["attack"]
+    assert not attack["bound"] and attack["stolen"] == 0 and attack["received"] == TRAFFIC, attack
+
+
+@linux_only
+@pytest.mark.parametrize("scenario", list(MORE))
+def test_more_warn_warns_and_changes_nothing(scenario: str) -> None:
+    """Port 0 included: warn is the dry run of raise/enforce, so it names every bind they would act on."""
+    result = run_child(scenario, ["warn"])
+    _, option, names, _ = MORE[scenario]
+    assert "error" not in result and result["options"][option] == 1, result
+    (warning,) = result["warnings"]
+    assert option in warning["message"] and names.format(port=result["port"]) in warning["message"], warning
+    assert warning["filename"].endswith("test_guard.py"), warning
+
+
+@pytest.mark.parametrize(
+    "entry, port, covered",
+    [
+        ("127.0.0.1:8000-8010", 8000, True),
+        ("127.0.0.1:8000-8010", 8010, True),
+        ("127.0.0.1:8000-8010", 8011, False),  # above the upper bound
+        ("127.0.0.1:8000-8010", 65535, False),
+        ("127.0.0.1:8000-8010", 7999, False),
+        ("*:8000", 8001, False),
+        (("127.0.0.1", "8000-8010"), 8011, False),
+        ("127.0.0.1:0", 0, True),  # 0: binds that let the system pick
+        ("127.0.0.1:0", 1, False),
+        ("127.0.0.1:*", 0, True),
+        ("127.0.0.1:1-65535", 0, False),
+    ],
+)
+def test_allow_port_ranges_are_inclusive_and_bounded(entry: Any, port: int, covered: bool) -> None:
+    # Parsing only: nothing is installed in the pytest process.
+    from aioexclusive import _guard
+
+    (pattern,) = _guard._parse_allow([entry])
+    assert pattern.matches("127.0.0.1", port) is covered
+
+
+@posix_only
+def test_allow_range_does_not_cover_ports_above_it() -> None:
+    """End to end: a range just below the bound port does not let a shareable bind through."""
+    port = free_port()
+    for entry in (f"127.0.0.1:{port - 3}-{port - 1}", f"*:1-{port - 1}"):
+        result = run_child("udp_reuseaddr", ["raise"], port=port, allow=[entry])
+        assert result.get("error", {}).get("type") == "ExclusivityError", (entry, result)
+    # Control: the range that includes the port lets it through.
+    result = run_child("udp_reuseaddr", ["raise"], port=port, allow=[f"127.0.0.1:{port - 1}-{port}"])
+    assert "error" not in result and result["options"]["SO_REUSEADDR"] == 1, result
+
+
+@posix_only
+def test_late_options_that_do_not_share_pass_and_exempt_passes_everything() -> None:
+    """The setsockopt wrapper judges only sharing options turned on for a bound socket; exempt() skips it."""
+    proc = _run_code(
+        """
+        import socket, sys
+        import aioexclusive
+        from aioexclusive import ExclusivityError, _guard
+        aioexclusive.guard("raise")
+        out = []
+        s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)   # not bound yet: the bind will judge
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 0)
+        s.bind(("127.0.0.1", 0))
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_BROADCAST, 1)   # not a sharing option
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 0)   # turning it off
+        try:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            out.append("late: set")
+        except ExclusivityError:
+            out.append("late: refused")
+        out.append(("after", s.getsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR)))
+        with _guard.exempt():
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            t = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            t.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            t.bind(("127.0.0.1", s.getsockname()[1]))
+        out.append(("exempt", s.getsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR), t.getsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR)))
+        t.close()
+        # Bad calls keep their own errors.
+        for args in [(socket.SOL_SOCKET, socket.SO_REUSEADDR), (socket.SOL_SOCKET, socket.SO_REUSEADDR, "x")]:
+            try:
+                s.setsockopt(*args)
+            except TypeError as exc:
+                out.append("TypeError")
+        s.close()
+        print(out)
+        """
+    )
+    assert proc.returncode == 0, proc.stderr
+    out = eval(proc.stdout.strip().splitlines()[-1])  # a repr of a list of str/int tuples, from our own child
+    assert out == ["late: refused", ("after", 0), ("exempt", 1, 1), "TypeError", "TypeError"], out
+    assert proc.stderr == ""
+
+
+# The warning must reach stderr however __main__ was loaded (issue 14.8): under
+# -c and from stdin, __main__'s loader cannot return source, and warn_explicit
+# raised ImportError from its source-line lookup.
+_WARN_MAIN = """\
+import socket
+import aioexclusive
+aioexclusive.guard("warn")
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind(("127.0.0.1", 0))
+s.close()
+print("bound")
+"""
+
+
+@posix_only
+@pytest.mark.parametrize("how", ["-c", "file", "-m", "stdin", "interactive"])
+def test_warn_is_never_silent_whatever_main_is(how: str, tmp_path: Path) -> None:
+    (tmp_path / "warnmain.py").write_text(_WARN_MAIN, encoding="utf-8")
+    stdin = None
+    if how == "-c":
+        command = [sys.executable, "-c", _WARN_MAIN]
+    elif how == "file":
+        command = [sys.executable, str(tmp_path / "warnmain.py")]
+    elif how == "-m":
+        command = [sys.executable, "-m", "warnmain"]
+    elif how == "stdin":
+        command, stdin = [sys.executable, "-"], _WARN_MAIN
+    else:
+        # The REPL reading its lines (prompts go to stderr, -q drops the banner).
+        command, stdin = [sys.executable, "-q", "-i"], _WARN_MAIN
+    proc = subprocess.run(  # noqa: PLW1510 - the return code is checked
+        command, input=stdin, capture_output=True, text=True, timeout=120, env=_child_env(), cwd=str(tmp_path)
+    )
+    assert proc.returncode == 0 and "bound" in proc.stdout, proc
+    assert proc.stderr.count("ExclusivityWarning: a shareable UDP bind to 127.0.0.1:0") == 1, proc.stderr
+
+
+@posix_only
+def test_warn_falls_back_to_stderr_when_the_warnings_machinery_fails() -> None:
+    proc = _run_code(
+        """
+        import socket, warnings
+        import aioexclusive
+        def broken(*args, **kwargs):
+            raise RuntimeError("showwarning is broken")
+        warnings.showwarning = broken
+        aioexclusive.guard("warn")
+        s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        s.bind(("127.0.0.1", 0))
+        s.close()
+        print("bound")
+        """
+    )
+    assert proc.returncode == 0 and proc.stdout.strip() == "bound", proc
+    assert "ExclusivityWarning: a shareable UDP bind to 127.0.0.1:0" in proc.stderr, proc.stderr
+    assert "showwarning is broken" in proc.stderr
+
+
+@windows_only
+@pytest.mark.parametrize("mode", ["warn", "raise", "enforce"])
+def test_windows_socketpair_and_loops_work_under_every_mode(mode: str) -> None:
+    """Windows emulates socketpair() with a port-0 loopback listener; asyncio needs it for every loop."""
+    proc = _run_code(
+        f"""
+        import asyncio, socket, warnings
+        import aioexclusive
+        aioexclusive.guard({mode!r})
+        warnings.simplefilter("error")
+        a, b = socket.socketpair()
+        a.sendall(b"x"); assert b.recv(1) == b"x"
+        a.close(); b.close()
+        asyncio.run(asyncio.sleep(0))
+        print("ok")
+        """
+    )
+    assert proc.returncode == 0 and proc.stdout.strip() == "ok", proc
+
+
 def _run_code(code: str, **env: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(  # noqa: PLW1510 - the return code is checked
         [sys.executable, "-c", textwrap.dedent(code)],
@@ -479,16 +768,20 @@ def test_hook_survives_odd_events_and_odd_sockets() -> None:
             out.append(("odd", "refused"))
         finally:
             s.close()
-        # AF_UNIX and port 0 are out of scope.
+        # AF_UNIX is out of scope.
         if hasattr(socket, "AF_UNIX"):
             import tempfile
             path = os.path.join(tempfile.mkdtemp(), "s")
             u = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
             u.bind(path); u.close(); os.unlink(path); os.rmdir(os.path.dirname(path))
             out.append(("unix", "bound"))
-        z = socket.create_server(("127.0.0.1", 0), reuse_port=True)
-        out.append(("port0", z.getsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT)))
-        z.close()
+        # Port 0 is no exception: once bound, the system's pick is as public as any port.
+        try:
+            z = socket.create_server(("127.0.0.1", 0), reuse_port=True)
+            out.append(("port0", "bound"))
+            z.close()
+        except ExclusivityError:
+            out.append(("port0", "refused"))
         print(out)
         """.replace("int(sys.argv[1])", str(free_port())),
     )
@@ -498,7 +791,7 @@ def test_hook_survives_odd_events_and_odd_sockets() -> None:
     assert [item for item in out if item[0] == "bound?"] == []
     assert len([item for item in out if item[0] == "bad-address"]) == 4
     assert ("odd", "refused") in out
-    assert ("port0", 1) in out
+    assert ("port0", "refused") in out
     assert ("unix", "bound") in out
     assert proc.stderr == ""
 
@@ -538,7 +831,8 @@ def test_later_calls_change_the_mode() -> None:
         ({"mode": "warn", "allow": "127.0.0.1:80"}, TypeError, "allow"),
         ({"mode": "warn", "allow": 80}, TypeError, "allow"),
         ({"mode": "warn", "allow": ["::1:80"]}, ValueError, "[ADDRESS]:PORT"),
-        ({"mode": "warn", "allow": ["127.0.0.1:99999"]}, ValueError, "1-65535"),
+        ({"mode": "warn", "allow": ["127.0.0.1:99999"]}, ValueError, "0-65535"),
+        ({"mode": "warn", "allow": ["127.0.0.1:10-5"]}, ValueError, "0-65535"),
         ({"mode": "warn", "allow": ["127.0.0.1:http"]}, ValueError, "port must be a number"),
         ({"mode": "warn", "allow": ["10.0.0.300/8:1"]}, ValueError, "not a valid network"),
         ({"mode": "warn", "allow": [("127.0.0.1", 1.5)]}, TypeError, "allow tuples"),
