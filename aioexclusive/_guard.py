@@ -60,7 +60,7 @@ import threading
 import warnings
 from collections.abc import Callable, Iterable, Iterator
 from contextvars import ContextVar
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from types import FrameType
 from typing import Any, Literal, Union
 
@@ -146,6 +146,9 @@ class _State:
     plans: dict[Role, BindPlan] | None = None
     # Per role, the options worth a getsockopt (each one is a system call).
     reads: dict[Role, tuple[tuple[str, int], ...]] | None = None
+    # (socket type, option constant) -> (name, value the plan wants or None
+    # for "never on"): the late setsockopt calls worth judging.
+    late: dict[tuple[int, int], tuple[str, int | None]] = field(default_factory=dict)
     from_environment: bool = False
 
 
@@ -236,7 +239,15 @@ def _install() -> None:
         if role is Role.UDP_UNICAST:
             wanted |= multicast_shape
         reads[role] = tuple((name, const) for name, const in _OPTIONS.items() if name in wanted)
-    _state.plans, _state.reads = plans, reads
+    late: dict[tuple[int, int], tuple[str, int | None]] = {}
+    for kind, role in ((socket.SOCK_STREAM, Role.TCP_LISTENER), (socket.SOCK_DGRAM, Role.UDP_UNICAST)):
+        for name in plans[role].never:
+            if name in _OPTIONS:
+                late[(kind, _OPTIONS[name])] = (name, None)
+        for name, value in plans[role].set:
+            if name == SO_EXCLUSIVEADDRUSE and name in _OPTIONS:
+                late[(kind, _OPTIONS[name])] = (name, value)
+    _state.plans, _state.reads, _state.late = plans, reads, late
     _state.platform = platform
     sys.addaudithook(_hook)
     # sys.addaudithook silently drops the new hook when an existing hook
@@ -478,7 +489,7 @@ def _late_option(sock: Any, args: tuple[Any, ...]) -> bool:
         return False
     _local.busy = True
     try:
-        return _check_late_option(sock, args, sys._getframe(2))  # <- setsockopt wrapper <- its caller
+        return _check_late_option(sock, args)
     except ExclusivityError:
         raise
     except Exception:  # noqa: BLE001 - as in _hook: our trouble must not break someone's setsockopt
@@ -487,9 +498,15 @@ def _late_option(sock: Any, args: tuple[Any, ...]) -> bool:
         _local.busy = False
 
 
-def _check_late_option(sock: Any, args: tuple[Any, ...], caller: FrameType) -> bool:
+def _check_late_option(sock: Any, args: tuple[Any, ...]) -> bool:
     value = _option_value(args)
-    if value is None or not isinstance(sock, _CSocket) or _family_of(sock) not in _INET:
+    if value is None or not isinstance(sock, _CSocket):
+        return False
+    # Before any system call: can this value of this option make this kind of
+    # socket shareable at all? (create_server sets SO_REUSEADDR on every TCP
+    # listener, which the Linux plan allows: no getsockname for that.)
+    rule = _state.late.get((_type_of(sock) & ~_TYPE_FLAGS, args[1]))
+    if rule is None or (not value if rule[1] is None else value == rule[1]) or _family_of(sock) not in _INET:
         return False
     try:
         bound = _getsockname(sock)
@@ -504,6 +521,8 @@ def _check_late_option(sock: Any, args: tuple[Any, ...], caller: FrameType) -> b
     plan, offending, missing, host, port = found
     if name not in offending and name not in missing:
         return False  # shareable already (warned at bind, or allowed); this call adds nothing
+    # Only now: sys._getframe materializes frame objects, which costs.
+    caller = sys._getframe(3)  # _check_late_option <- _late_option <- setsockopt wrapper <- its caller
     if caller.f_globals.get("__name__") == _OWN_BINDER:
         return False
     mode = _state.mode
