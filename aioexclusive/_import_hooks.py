@@ -129,7 +129,7 @@ def _patch_gunicorn_config(module: ModuleType) -> None:
     if not isinstance(prop, property) or prop.fget is None or hasattr(prop.fget, ORIGINAL):
         return
     original = prop.fget
-    announced: set[int] = set()
+    announced: list[bool] = []  # inherited by forked workers: the arbiter says it once
 
     def reuse_port(self: Any) -> bool:
         wanted = bool(original(self))
@@ -143,8 +143,8 @@ def _patch_gunicorn_config(module: ModuleType) -> None:
         # would strip the option and leave one worker serving. Without it the
         # arbiter binds one socket and every worker inherits it: same workers,
         # same port, nobody else.
-        if os.getpid() not in announced:
-            announced.add(os.getpid())
+        if not announced:
+            announced.append(True)
             where = ", ".join(f"{h}:{p}" for h, p in addresses) or "its address"
             _say(
                 f"AIOEXCLUSIVE_GUARD={guard_mode()}: gunicorn's --reuse-port (a SO_REUSEPORT socket per worker, "
