@@ -573,8 +573,7 @@ def audit(
             holders = sorted(scan.owners.get(sock.inode, ()))
             options, why = reader.options(sock, holders)
             observed.append(Observed(sock, holders, options, why))
-        unreadable_pids = set(scan.unreadable)
-        blind_pids: set[int] = set(unreadable_pids)
+        blind_pids: set[int] = set(scan.unreadable)
         for obs in observed:
             if obs.options is None:
                 blind_pids.update(p for p, _ in obs.holders)
@@ -615,14 +614,14 @@ def audit(
                 "why": finding.why,
                 "_pids": sorted({p for p, _ in obs.holders}),
                 "_fix": fix,
-                "_cmdline": " ".join(proc.cmdline)[:200],
             }
         )
     rows.sort(key=lambda r: (_RANK[r["verdict"]], r["proto"], r["port"], r["address"]))
     if scan.unreadable:
         notes.append(
-            f"could not read the file descriptors of {len(scan.unreadable)} process(es) of other users: their "
-            "sockets show without a process, and their options are unknown (run as root to see them)"
+            f"could not read the file descriptors of {len(scan.unreadable)} process(es) (other users', or ones "
+            "that changed their uid): their sockets show without a process and their options are unknown (run "
+            "as root to see them)"
         )
     if not reader.available:
         notes.append("this system cannot duplicate other processes' sockets (pidfd_getfd, Linux >= 5.6)")
