@@ -11,6 +11,7 @@ namespace the test creates; the non-root audit runs as uid 65534.
 from __future__ import annotations
 
 import collections
+import importlib.util
 import io
 import json
 import os
@@ -182,11 +183,11 @@ def _two_step(port: int, victim_family: int) -> None:
     print(json.dumps(result), flush=True)
 
 
-def _nonroot(root_ports: list[int]) -> None:
+def _nonroot(root_ports: list[int], root_pid: int) -> None:
     """As uid 65534: audit this user's own child and the root victims; print what was seen."""
     import ctypes
 
-    from aioexclusive._audit import audit
+    from aioexclusive._audit import AuditError, audit
 
     # The interpreter's home may be readable by root only: import everything
     # the audit needs (codecs included) before becoming uid 65534.
@@ -213,11 +214,16 @@ def _nonroot(root_ports: list[int]) -> None:
     os.close(hold_r)
     own_ports = json.loads(os.read(ready_r, 1000))
     report = audit()
+    try:
+        audit(pid=root_pid)
+        refused = ""
+    except AuditError as exc:
+        refused = str(exc)
     os.close(hold_w)
     os.waitpid(pid, 0)
     rows = [r for r in report["sockets"] if r["port"] in own_ports + root_ports]
     print(json.dumps({"child": pid, "own_ports": own_ports, "rows": rows, "notes": report["notes"],
-                      "exit": report["exit"]}, default=str), flush=True)
+                      "exit": report["exit"], "refused": refused}, default=str), flush=True)
 
 
 def _multicast_scenario() -> None:
@@ -643,7 +649,7 @@ def test_audit_as_another_user_sees_its_own_and_says_what_it_cannot(victims: lis
     ]}))
     victims.append(victim)
     root_ports = victim.info["ports"]
-    r = _script("nonroot", json.dumps(root_ports))
+    r = _script("nonroot", json.dumps(root_ports), str(victim.pid))
     own = {(row["proto"], row["port"]): row for row in r["rows"] if row["port"] in r["own_ports"]}
     tcp_port, udp_port = r["own_ports"]
     assert own[("tcp", tcp_port)]["verdict"] == "shareable" and own[("tcp", tcp_port)]["pid"] == r["child"]
@@ -656,6 +662,7 @@ def test_audit_as_another_user_sees_its_own_and_says_what_it_cannot(victims: lis
         assert row["why"].startswith("unknown (no permission)")
     assert any("could not read the file descriptors" in note for note in r["notes"])
     assert r["exit"] == 1
+    assert "cannot read the file descriptors of pid" in r["refused"]
 
 
 def test_thousands_of_sockets(victims: list[Victim]) -> None:
@@ -696,6 +703,8 @@ def _cli(*args: str) -> tuple[int, str, str]:
 
 
 def test_cli_json_schema_and_exit_status() -> None:
+    import pwd
+
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as shared, socket.socket() as alone:
         shared.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         shared.bind(("127.0.0.1", 0))
@@ -714,6 +723,19 @@ def test_cli_json_schema_and_exit_status() -> None:
         code, out, _ = _cli("--udp", "--port", f"{shared.getsockname()[1]}-{shared.getsockname()[1]}", "--color", "never")
         assert code == 1
         assert f"pid {os.getpid()}" in out and "* UDP    127.0.0.1:" in out and "shareable" in out
+        assert "\x1b[" not in out
+        # The same words in colour (rich, from the test extra) when asked for.
+        code, coloured, _ = _cli("--udp", "--port", str(shared.getsockname()[1]), "--color", "always")
+        if importlib.util.find_spec("rich") is not None:
+            assert "\x1b[" in coloured
+        assert code == 1 and "shareable" in coloured and "127.0.0.1:" in coloured
+        # --user filters by the socket's owner.
+        me = pwd.getpwuid(os.getuid()).pw_name
+        code, out, _ = _cli("--json", "--pid", str(os.getpid()), "--user", me)
+        assert code == 1 and {r["user"] for r in json.loads(out)["sockets"]} == {me}
+        other = "nobody" if os.getuid() != NOBODY else "root"
+        code, out, _ = _cli("--json", "--pid", str(os.getpid()), "--user", other)
+        assert code == 0 and json.loads(out)["sockets"] == []
 
 
 @pytest.mark.parametrize(
@@ -770,7 +792,7 @@ if __name__ == "__main__":
     elif mode == "twostep":
         _two_step(int(sys.argv[2]), int(sys.argv[3]))
     elif mode == "nonroot":
-        _nonroot(json.loads(sys.argv[2]))
+        _nonroot(json.loads(sys.argv[2]), int(sys.argv[3]))
     elif mode == "multicast":
         _multicast_scenario()
     else:
