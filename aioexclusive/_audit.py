@@ -215,8 +215,8 @@ _FIXES: tuple[tuple[str, str], ...] = (
     ("hypercorn", "hypercorn: use aioexclusive.contrib.hypercorn.ExclusiveConfig (plain hypercorn sets "
      "SO_REUSEPORT when workers > 1)"),
     ("uvicorn", "uvicorn: run with --loop aioexclusive:new_event_loop, or aioexclusive.contrib.uvicorn.run()"),
-    ("granian", "granian binds in Rust, outside any asyncio loop: run one worker per port without "
-     "SO_REUSEPORT sharing, or put it behind a front end on an exclusive port"),
+    ("granian", "granian sets SO_REUSEPORT in Rust to balance its workers: run it as a user of its own "
+     "(SO_REUSEPORT only shares within one user), or behind a front end on an exclusive port"),
     ("grpc", "grpc: pass options=[('grpc.so_reuseport', 0)] to grpc.server() / grpc.aio.server()"),
 )
 _PYTHON_FIX = (
