@@ -328,7 +328,7 @@ class Victim:
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             text=True,
-            env={**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (ROOT, os.environ.get("PYTHONPATH")) if p)},
+            env=_child_env(),
         )
         assert self.proc.stdout is not None
         line = self.proc.stdout.readline()
@@ -377,6 +377,14 @@ def victims() -> Iterator[list[Victim]]:
         victim.close()
 
 
+def _child_env() -> dict[str, str]:
+    # Victims must open shareable sockets on purpose: an inherited guard would
+    # refuse or fix them (AIOEXCLUSIVE_GUARD is read at interpreter start-up).
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AIOEXCLUSIVE_GUARD")}
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (ROOT, os.environ.get("PYTHONPATH")) if p)
+    return env
+
+
 def _script(*args: str, timeout: float = 60) -> dict[str, Any]:
     proc = subprocess.run(
         [sys.executable, os.path.abspath(__file__), *args],
@@ -384,7 +392,7 @@ def _script(*args: str, timeout: float = 60) -> dict[str, Any]:
         capture_output=True,
         text=True,
         timeout=timeout,
-        env={**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (ROOT, os.environ.get("PYTHONPATH")) if p)},
+        env=_child_env(),
     )
     assert proc.returncode == 0, proc.stderr
     return json.loads(proc.stdout.strip().splitlines()[-1])  # type: ignore[no-any-return]
@@ -628,8 +636,7 @@ def test_multicast_receiver_is_shared_by_design() -> None:
             pytest.skip(f"{tool} is not installed")
     if subprocess.run(["unshare", "--net", "true"], check=False, capture_output=True).returncode != 0:
         pytest.skip("unshare --net is not permitted here")
-    env = {**os.environ, HOST_NETNS_VAR: os.readlink("/proc/self/ns/net"),
-           "PYTHONPATH": os.pathsep.join(p for p in (ROOT, os.environ.get("PYTHONPATH")) if p)}
+    env = {**_child_env(), HOST_NETNS_VAR: os.readlink("/proc/self/ns/net")}
     proc = subprocess.run(["unshare", "--net", sys.executable, os.path.abspath(__file__), "multicast"],
                           check=False, capture_output=True, text=True, timeout=60, env=env)
     assert proc.returncode == 0, proc.stderr
