@@ -211,13 +211,15 @@ def _fast_path_gap(sock: ProcSocket, options: dict[str, int], ports: PortMap) ->
 # Frameworks recognised from a process's command line (or, for grpc, its
 # loaded libraries): the one-line fix for a shareable socket.
 _FIXES: tuple[tuple[str, str], ...] = (
-    ("gunicorn", "gunicorn: drop --reuse-port (reuse_port = False in the config)"),
+    ("gunicorn", "gunicorn: drop --reuse-port (reuse_port = False in the config), or start it with "
+     "`python -m aioexclusive run -- gunicorn ...`"),
     ("hypercorn", "hypercorn: use aioexclusive.contrib.hypercorn.ExclusiveConfig (plain hypercorn sets "
      "SO_REUSEPORT when workers > 1)"),
     ("uvicorn", "uvicorn: run with --loop aioexclusive:new_event_loop, or aioexclusive.contrib.uvicorn.run()"),
     ("granian", "granian sets SO_REUSEPORT in Rust to balance its workers: run it as a user of its own "
      "(SO_REUSEPORT only shares within one user), or behind a front end on an exclusive port"),
-    ("grpc", "grpc: pass options=[('grpc.so_reuseport', 0)] to grpc.server() / grpc.aio.server()"),
+    ("grpc", "grpc: pass options=[('grpc.so_reuseport', 0)] to grpc.server() / grpc.aio.server() (the "
+     "channel argument grpc.so_reuseport=0 in every language)"),
 )
 _PYTHON_FIX = (
     "Python: serve on an exclusive loop (asyncio.run(main(), loop_factory=aioexclusive.new_event_loop)) "
@@ -598,7 +600,8 @@ def audit(
         proc = _process(owner_pid, processes)
         fix = None
         if finding.verdict == "shareable" and owner_pid is not None:
-            libraries = _read_text(f"/proc/{owner_pid}/maps", 1 << 24) if "python" in proc.name else ""
+            # grpc's C core sets SO_REUSEPORT itself: recognised by its library, whatever the program.
+            libraries = _read_text(f"/proc/{owner_pid}/maps", 1 << 24)
             fix = _FAST_PATH_FIX if finding.fast_path else recognise(proc.cmdline, libraries)
         rows.append(
             {

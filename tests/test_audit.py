@@ -145,6 +145,20 @@ def _loop_victim(host: str) -> None:
     aioexclusive.run(main())
 
 
+def _grpc_victim() -> None:
+    """A plain grpc server on 127.0.0.1 (grpc's C core binds it, with SO_REUSEPORT by default)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    import grpc
+
+    server = grpc.server(ThreadPoolExecutor(max_workers=1))
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    print(json.dumps({"pid": os.getpid(), "ports": [port]}), flush=True)
+    sys.stdin.readline()
+    server.stop(None)
+
+
 def _many(count: int) -> None:
     """*count* sockets on 127.0.0.1: TCP listeners and UDP sockets, every other one shareable."""
     socks = []
@@ -672,6 +686,27 @@ def test_audit_as_another_user_sees_its_own_and_says_what_it_cannot(victims: lis
     assert "cannot read the file descriptors of pid" in r["refused"]
 
 
+def test_grpc_server_is_recognised(victims: list[Victim], same_user_attacker: Any) -> None:
+    pytest.importorskip("grpc")
+    from aioexclusive._audit import audit
+
+    victim = Victim("grpc")
+    victims.append(victim)
+    (port,) = victim.info["ports"]
+    report = audit(pid=victim.pid)
+    # grpc binds an AF_INET6 socket to the IPv4-mapped address: listed as such.
+    row = _row(report, "tcp", port)
+    assert row["address"] in ("127.0.0.1", "::ffff:127.0.0.1")
+    user = row["user"]
+    assert row["verdict"] == "shareable" and row["options"]["SO_REUSEPORT"] == 1, row
+    assert f"user {user}" in row["who"]
+    assert "grpc.so_reuseport" in (row["_fix"] or "")
+    # The real attack agrees: the same user joins grpc's port.
+    result = same_user_attacker.try_bind("tcp", 4, "127.0.0.1", port, ("SO_REUSEPORT",))
+    same_user_attacker.collect(wait=0)
+    assert result.ok
+
+
 def test_thousands_of_sockets(victims: list[Victim]) -> None:
     from aioexclusive._audit import audit
 
@@ -794,6 +829,8 @@ if __name__ == "__main__":
         _victim(json.loads(sys.argv[2]))
     elif mode == "loop":
         _loop_victim(sys.argv[2])
+    elif mode == "grpc":
+        _grpc_victim()
     elif mode == "many":
         _many(int(sys.argv[2]))
     elif mode == "twostep":
