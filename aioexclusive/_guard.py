@@ -485,7 +485,13 @@ def _wrap_setsockopt() -> None:
 
 def _late_option(sock: Any, args: tuple[Any, ...]) -> bool:
     """Judge a sharing option set on an already bound socket; ``True``: skip the call (enforce)."""
-    if getattr(_local, "busy", False) or _EXEMPT.get():
+    # First, with no system call: can this option make this kind of socket
+    # shareable at all? (create_server sets SO_REUSEADDR on every TCP
+    # listener, which the POSIX plans allow: that call stops here.)
+    if not isinstance(sock, _CSocket):
+        return False
+    rule = _state.late.get((_type_of(sock) & ~_TYPE_FLAGS, args[1]))
+    if rule is None or getattr(_local, "busy", False) or _EXEMPT.get():
         return False
     _local.busy = True
     try:
@@ -500,14 +506,9 @@ def _late_option(sock: Any, args: tuple[Any, ...]) -> bool:
 
 def _check_late_option(sock: Any, args: tuple[Any, ...]) -> bool:
     value = _option_value(args)
-    if value is None or not isinstance(sock, _CSocket):
-        return False
-    # Before any system call: can this value of this option make this kind of
-    # socket shareable at all? (create_server sets SO_REUSEADDR on every TCP
-    # listener, which the Linux plan allows: no getsockname for that.)
-    rule = _state.late.get((_type_of(sock) & ~_TYPE_FLAGS, args[1]))
-    if rule is None or (not value if rule[1] is None else value == rule[1]) or _family_of(sock) not in _INET:
-        return False
+    rule = _state.late[(_type_of(sock) & ~_TYPE_FLAGS, args[1])]
+    if value is None or (not value if rule[1] is None else value == rule[1]) or _family_of(sock) not in _INET:
+        return False  # turning the option off (or the plan's value on): nothing to judge
     try:
         bound = _getsockname(sock)
     except OSError:
