@@ -588,6 +588,44 @@ def test_allow_range_does_not_cover_ports_above_it() -> None:
     assert "error" not in result and result["options"]["SO_REUSEADDR"] == 1, result
 
 
+@linux_only
+def test_ipv6_spellings_and_port_0_are_judged_too() -> None:
+    """IPv6 addresses take the same paths: bytes hosts, __index__ ports, port 0, 4-tuples, late options."""
+    proc = _run_code(
+        """
+        import socket
+        import aioexclusive
+        from aioexclusive import ExclusivityError
+        class Index:
+            def __index__(self):
+                return 0
+        aioexclusive.guard("raise")
+        out = []
+        for address in [(b"::1", 0), (bytearray(b"::1"), Index()), ("::1", 0, 0, 0), ("", 0)]:
+            s = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                s.bind(address)
+                out.append("bound")
+            except ExclusivityError as exc:
+                out.append("refused" if "SO_REUSEADDR" in str(exc) else str(exc))
+            finally:
+                s.close()
+        s = socket.socket(socket.AF_INET6, socket.SOCK_STREAM)
+        s.bind(("::1", 0))
+        try:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+            out.append("late: set")
+        except ExclusivityError as exc:
+            out.append("late: refused" if "[::1]:" in str(exc) else str(exc))
+        s.close()
+        print(out)
+        """
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.split("\n")[-2] == str(["refused"] * 4 + ["late: refused"]), proc.stdout
+
+
 @posix_only
 def test_late_options_that_do_not_share_pass_and_exempt_passes_everything() -> None:
     """The setsockopt wrapper judges only sharing options turned on for a bound socket; exempt() skips it."""
