@@ -7,8 +7,11 @@ leaves, so a failed ``create_server`` leaks no file descriptor.
 
 from __future__ import annotations
 
+import asyncio
+import errno
 import functools
 import socket
+import sys
 import warnings
 from collections.abc import Iterable, Sequence
 from typing import Any, Union
@@ -33,38 +36,67 @@ __all__ = [
     "translate_bind_error",
 ]
 
+builtins_type = type
 AddrInfo = tuple[socket.AddressFamily, socket.SocketKind, int, str, Any]
 HostArg = Union[str, Sequence[str], None]
 
 _HAS_IPV6 = socket.has_ipv6 and hasattr(socket, "IPPROTO_IPV6")
+# asyncio words a failed bind with str(exc) from 3.13 on, with exc.strerror before.
+_BIND_MESSAGE_STR = sys.version_info >= (3, 13)
+
+
+def _port_number(port: object) -> int | None:
+    """The number a port argument stands for, when it is one (an int, or digits in a str/bytes)."""
+    if isinstance(port, bool):
+        return None
+    if isinstance(port, int):
+        return port
+    if isinstance(port, (str, bytes)):
+        try:
+            # int() as asyncio's own fast path reads it: surrounding whitespace
+            # is allowed ("8000 "), so the same text means the same port here.
+            return int(port)
+        except ValueError:
+            return None
+    return None
 
 
 def check_port(port: object, name: str = "port") -> None:
-    """Reject what ``getaddrinfo``/``bind`` would turn into obscure errors (or none at all)."""
-    if port is None or isinstance(port, str):
-        return
-    if isinstance(port, bool) or not isinstance(port, int):
-        raise TypeError(f"{name} must be an int in 0-65535, a service name or None, got {port!r}")
-    if not 0 <= port <= 65535:
-        raise InvalidPortError(f"{name} must be 0-65535, got {port}")
+    """Refuse a port number outside 0-65535, given as an int or as digits in a string.
+
+    ``getaddrinfo`` silently wraps a numeric service string modulo 65536
+    (``"65537"`` binds port 1, ``"65536"`` a random port), and uvloop does the
+    same with an int: the wrong port would be bound. Every other type is left
+    to the base loop's resolver, which raises what it always raised.
+    """
+    number = _port_number(port)
+    if number is not None and not 0 <= number <= 65535:
+        raise InvalidPortError(f"{name} must be 0-65535, got {port!r}")
 
 
-def hosts_of(host: object) -> list[str | None]:
-    """The hosts ``create_server`` binds: ``None``/``""`` mean every interface."""
-    if host is None or host == "":
+def check_sockaddr_port(infos: Iterable[AddrInfo], name: str = "port") -> None:
+    """Refuse resolved addresses whose port is outside 0-65535 (a float or bool port passed through int())."""
+    for info in infos:
+        sockaddr = info[4]
+        if isinstance(sockaddr, tuple) and len(sockaddr) >= 2 and isinstance(sockaddr[1], int):
+            if not 0 <= sockaddr[1] <= 65535:
+                raise InvalidPortError(f"{name} must be 0-65535, got {sockaddr[1]!r}")
+
+
+def hosts_of(host: object) -> list[Any]:
+    """The hosts ``create_server`` resolves, expanded exactly as asyncio and uvloop do.
+
+    ``""`` alone means every interface (``[None]``); a str or a non-iterable is
+    one host; any other iterable is its items, unchanged: an ``""`` or a
+    ``None`` *inside* a sequence goes to the resolver as it is (``""`` is then
+    a resolver error, not the wildcard), and an empty sequence binds nothing.
+    What the base loop's resolver refuses (bytes items, ints) it refuses here too.
+    """
+    if host == "":
         return [None]
-    if isinstance(host, str):
+    if isinstance(host, str) or not isinstance(host, Iterable):
         return [host]
-    if isinstance(host, (bytes, bytearray)) or not isinstance(host, Iterable):
-        raise TypeError(f"host must be a str, a sequence of str or None, got {host!r}")
-    hosts: list[str | None] = []
-    for item in host:
-        if not isinstance(item, str):
-            raise TypeError(f"every host in the sequence must be a str, got {item!r}")
-        hosts.append(item or None)
-    if not hosts:
-        raise ValueError("host is an empty sequence; pass None to listen on every interface")
-    return hosts
+    return list(host)
 
 
 _INET_FAMILIES = (socket.AF_INET, socket.AF_INET6) if _HAS_IPV6 else (socket.AF_INET,)
@@ -121,33 +153,81 @@ def numeric_addrinfo(
     return None
 
 
+def type_of_libuv_loop(loop: object) -> bool:
+    """Is *loop* uvloop's or winloop's (whose servers resolve with libuv's getaddrinfo)?"""
+    return builtins_type(loop).__module__.partition(".")[0] in ("uvloop", "winloop") or any(
+        cls.__module__.partition(".")[0] in ("uvloop", "winloop") for cls in builtins_type(loop).__mro__
+    )
+
+
+def _libuv_resolver_args(host: object, port: object) -> tuple[bytes | None, bytes | None]:
+    # uvloop's Loop._getaddrinfo, argument checks and conversions, in order.
+    if isinstance(port, str):
+        port = port.encode()
+    elif isinstance(port, int):
+        port = str(port).encode()
+    if port is not None and not isinstance(port, bytes):
+        raise TypeError("port must be a str, bytes or int")
+    if isinstance(host, str):
+        host = host.encode("idna")
+    if host is not None and not isinstance(host, bytes):
+        raise TypeError("host must be a str or bytes")
+    return host, port
+
+
 async def resolve(
     loop: Any,
-    host: str | None,
+    host: Any,
     port: Any,
     *,
     family: int = 0,
     type: int = socket.SOCK_STREAM,
     proto: int = 0,
     flags: int = 0,
+    name: str = "port",
 ) -> list[AddrInfo]:
-    """``getaddrinfo`` for one host, synchronously when no DNS is involved.
+    """``getaddrinfo`` for one host, as the base loop itself resolves it.
 
-    A numeric address (or ``None``, the wildcard) resolves without touching the
-    network, so it skips the executor round trip exactly as asyncio's own fast
-    path does; a name goes through ``loop.getaddrinfo``.
+    An IP literal with an int port resolves right here (asyncio's own fast path
+    does the same). Anything else goes to the base loop's resolver: asyncio's
+    ``_ensure_resolved`` (its int() reading of ports, its proto handling) on
+    the stdlib loops, ``loop.getaddrinfo`` on the others (uvloop's
+    ``create_server`` calls the same resolver), so every accepted input and
+    every error is the base loop's. A port number outside 0-65535 is refused
+    with `InvalidPortError` instead of being wrapped by ``getaddrinfo``.
     """
     literal = numeric_addrinfo(host, port, family=family, type=type, proto=proto, flags=flags)
     if literal is not None:
         return literal
-    try:
-        infos = socket.getaddrinfo(host, port, family, type, proto, flags | socket.AI_NUMERICHOST)
-    except socket.gaierror as exc:
-        if exc.errno != socket.EAI_NONAME or host is None:
-            raise
+    check_port(port, name)
+    ensure_resolved = getattr(loop, "_ensure_resolved", None)
+    infos: list[Any]
+    if isinstance(loop, asyncio.BaseEventLoop) and ensure_resolved is not None:
+        if host is None:
+            # The wildcard involves no DNS: asyncio's executor round trip
+            # would call this same getaddrinfo with these same arguments.
+            infos = socket.getaddrinfo(host, port, family, type, proto, flags)
+        else:
+            infos = await ensure_resolved((host, port), family=family, type=type, proto=proto, flags=flags, loop=loop)
+    elif type_of_libuv_loop(loop):
+        # uvloop's create_server/create_datagram_endpoint resolve with its
+        # internal _getaddrinfo (libuv's, i.e. the C library's getaddrinfo),
+        # not with the public loop.getaddrinfo, which has an int() fast path
+        # they lack: convert the arguments as that internal one does, then ask
+        # the same C function. A name fails that fast path anyway, so for a
+        # name loop.getaddrinfo is exactly the internal resolver.
+        host_arg, port_arg = _libuv_resolver_args(host, port)
+        try:
+            infos = socket.getaddrinfo(host_arg, port_arg, family, type, proto, flags | socket.AI_NUMERICHOST)
+        except socket.gaierror as exc:
+            if exc.errno != socket.EAI_NONAME or host is None:
+                raise
+            infos = await loop.getaddrinfo(host, port, family=family, type=type, proto=proto, flags=flags)
+    else:
         infos = await loop.getaddrinfo(host, port, family=family, type=type, proto=proto, flags=flags)
     if not infos:
         raise OSError(f"getaddrinfo({host!r}) returned empty list")
+    check_sockaddr_port(infos, name)
     return infos  # type: ignore[return-value]
 
 
@@ -222,13 +302,24 @@ def translate_bind_error(exc: OSError, role: Role, sockaddr: Any) -> OSError:
     stdlib's wording, so messages match what asyncio users already know.
     """
     host, port = _host_port(sockaddr)
+    if role.protocol == "TCP":
+        # asyncio's create_server/create_connection wording; 3.13 switched
+        # from the strerror to str(exc) ("[errno 98] address already in use").
+        detail = str(exc) if _BIND_MESSAGE_STR or not exc.strerror else exc.strerror
+        msg: str | None = f"error while attempting to bind on address {sockaddr!r}: {detail.lower()}"
+    else:
+        # asyncio's create_datagram_endpoint lets bind's own error through.
+        msg = exc.strerror
     if is_address_in_use(exc):
         # Naming the holder needs the optional psutil; _holder never raises and
         # returns None when it cannot tell, and the message then says how to look.
         from ._holder import describe_holder
 
-        return AddressInUseError(role.protocol, host, port, exc, holder=describe_holder(role.protocol, host, port))
-    msg = f"error while attempting to bind on address {sockaddr!r}: {(exc.strerror or str(exc)).lower()}"
+        return AddressInUseError(
+            role.protocol, host, port, exc, holder=describe_holder(role.protocol, host, port), base_message=msg
+        )
+    if msg is None or msg == exc.strerror:
+        return exc
     return OSError(exc.errno, msg)
 
 
@@ -280,7 +371,10 @@ def bind_now(sock: socket.socket, sockaddr: Any, role: Role, *, backlog: int | N
             # bound until one listens, and the first to listen wins.
             sock.listen(backlog)
     except OSError as exc:
-        raise translate_bind_error(exc, role, sockaddr) from exc
+        error = translate_bind_error(exc, role, sockaddr)
+        if error is exc:
+            raise
+        raise error from exc
 
 
 def open_bound_sockets(
@@ -291,10 +385,13 @@ def open_bound_sockets(
     keep_alive: bool = False,
     dualstack_ipv6: bool = False,
     strict: bool = False,
+    skip_unavailable: bool = False,
 ) -> list[socket.socket]:
     """One configured, bound, listening socket per address.
 
     All or nothing: on any failure every socket made here is closed.
+    *skip_unavailable*: skip an address whose bind fails with
+    ``EADDRNOTAVAIL`` (a family that is not enabled), as asyncio does from 3.13.
     """
     sockets: list[socket.socket] = []
     try:
@@ -309,7 +406,13 @@ def open_bound_sockets(
             configure_socket(sock, plan, strict=strict, address=sockaddr, listener_v6only=not dualstack_ipv6)
             if keep_alive:
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
-            bind_now(sock, sockaddr, plan.role, backlog=backlog)
+            try:
+                bind_now(sock, sockaddr, plan.role, backlog=backlog)
+            except OSError as exc:
+                if not (skip_unavailable and exc.errno == errno.EADDRNOTAVAIL):
+                    raise
+                sockets.pop()
+                sock.close()
         return sockets
     except BaseException:
         for sock in sockets:

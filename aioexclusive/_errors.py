@@ -91,6 +91,7 @@ class AddressInUseError(OSError):
         cause: OSError,
         *,
         holder: str | None = None,
+        base_message: str | None = None,
     ) -> None:
         winerror = getattr(cause, "winerror", None)
         if winerror in _WINDOWS_REASONS:
@@ -99,8 +100,13 @@ class AddressInUseError(OSError):
             name = _errno.errorcode.get(cause.errno or 0, f"errno {cause.errno}")
             reason = f"{name}: {(cause.strerror or 'address already in use').lower()}"
         where = address if port is None else f"address {address} port {port}"
-        message = f"{protocol} {where} is already in use ({reason}); "
-        message += f"held by {holder}" if holder else _how_to_find_holder(protocol, port, address)
+        # The base loop's own text comes first, word for word (programs and
+        # test suites match it, e.g. "error while attempting to bind on
+        # address ('127.0.0.1', 8000): address already in use"); what we know
+        # beyond it follows in parentheses.
+        detail = f"{protocol} {where} is already in use ({reason}); "
+        detail += f"held by {holder}" if holder else _how_to_find_holder(protocol, port, address)
+        message = f"{base_message} ({detail})" if base_message else detail
         super().__init__(cause.errno, message)
         if winerror is not None:
             self.winerror = winerror

@@ -13,6 +13,7 @@ import asyncio
 import functools
 import socket
 import sys
+import warnings
 from dataclasses import dataclass, fields
 from typing import Any, Callable, ClassVar
 
@@ -40,8 +41,13 @@ _ADDED_IN = {
     "ssl_shutdown_timeout": (3, 11),
     "keep_alive": (3, 13),
 }
-# create_datagram_endpoint(reuse_address=...) was removed in 3.13.
-_DATAGRAM_REUSE_ADDRESS_UNTIL = (3, 13)
+# create_datagram_endpoint(reuse_address=...) left asyncio's signature in 3.11
+# (uvloop still takes it, deprecated); reuse_address=False warns where it exists.
+_DATAGRAM_REUSE_ADDRESS_UNTIL = (3, 11)
+_REUSE_ADDRESS_DEPRECATED = {
+    "asyncio": "The *reuse_address* parameter has been deprecated as of 3.5.10 and is scheduled for removal in 3.11.",
+    "uvloop": "The *reuse_address* parameter has been deprecated as of 0.15.",
+}
 
 
 def _reject_unknown_kwargs(method: str, **given: Any) -> None:
@@ -154,6 +160,11 @@ class ExclusiveLoopMixin:
         if ssl_shutdown_timeout is not _UNSET:
             tls["ssl_shutdown_timeout"] = ssl_shutdown_timeout
         base_create_server = super().create_server  # type: ignore[misc]
+        if sock is None and host is None and port is None:
+            # Nothing to bind: the base loop's own ValueError, word for word.
+            return await base_create_server(  # type: ignore[no-any-return]
+                protocol_factory, backlog=backlog, start_serving=start_serving, **tls
+            )
 
         if sock is not None:
             if host is not None or port is not None:
@@ -162,8 +173,10 @@ class ExclusiveLoopMixin:
                 socket.AF_INET,
                 socket.AF_INET6,
             ):
-                # With allow_reuse_port the caller may hand over a socket it shares on purpose.
-                shared_ok = reuse_port or self._allow_shared_sock()
+                # With allow_reuse_port the caller may hand over a socket it shares on
+                # purpose. reuse_port=True itself is ignored with sock=, as asyncio
+                # ignores it: the audit judges the socket as it is.
+                shared_ok = self._allow_shared_sock()
                 audit_socket(sock, self._plan(Role.TCP_LISTENER, reuse_port=shared_ok))
             server: asyncio.AbstractServer = await base_create_server(
                 protocol_factory, sock=sock, backlog=backlog, start_serving=start_serving, **tls
@@ -184,6 +197,7 @@ class ExclusiveLoopMixin:
             )
         # asyncio dedupes with a set; keep first-seen order so sockets are stable.
         infos = list(dict.fromkeys(info for group in found for info in group))
+        stdlib_313 = isinstance(self, asyncio.BaseEventLoop) and sys.version_info >= (3, 13)
         bind = functools.partial(
             open_bound_sockets,
             infos,
@@ -191,6 +205,7 @@ class ExclusiveLoopMixin:
             backlog=backlog,
             keep_alive=bool(keep_alive) and keep_alive is not _UNSET,
             strict=self._exclusive_options.strict,
+            skip_unavailable=stdlib_313,
         )
         retry = self._exclusive_options.bind_retry
         if retry is None:
@@ -199,14 +214,21 @@ class ExclusiveLoopMixin:
             from ._restart import retry_bind
 
             sockets = await retry_bind(bind, attempts=retry[0], delay=retry[1])
+        if not sockets:
+            return self._exclusive_no_socket(infos, protocol_factory, backlog, start_serving, stdlib_313, tls)
         servers: list[asyncio.AbstractServer] = []
         try:
             for bound in sockets:
+                # Never start serving inside the base call: a cancellation at its
+                # internal await would leave a server we hold no reference to,
+                # whose socket we would then close under its registered reader
+                # (the next socket can get that fd number and is never polled).
                 servers.append(
-                    await base_create_server(
-                        protocol_factory, sock=bound, backlog=backlog, start_serving=start_serving, **tls
-                    )
+                    await base_create_server(protocol_factory, sock=bound, backlog=backlog, start_serving=False, **tls)
                 )
+            if start_serving:
+                for started in servers:
+                    await started.start_serving()
         except BaseException:
             for started in servers:
                 started.close()
@@ -216,6 +238,29 @@ class ExclusiveLoopMixin:
         if len(servers) == 1:
             return servers[0]
         return MultiServer(self, servers)  # type: ignore[arg-type]
+
+    def _exclusive_no_socket(
+        self,
+        infos: list[Any],
+        protocol_factory: Callable[[], asyncio.BaseProtocol],
+        backlog: int,
+        start_serving: bool,
+        stdlib_313: bool,
+        tls: dict[str, Any],
+    ) -> asyncio.AbstractServer:
+        """What the base loop does when no address gave a socket (an empty host list, say)."""
+        if stdlib_313:
+            # Python 3.13 raises here (bpo-30945); earlier ones serve nothing.
+            raise OSError(f"could not bind on any address out of {[info[4] for info in infos]!r}")
+        if isinstance(self, asyncio.BaseEventLoop):
+            args: list[Any] = [tls["ssl"], backlog, tls["ssl_handshake_timeout"]]
+            if sys.version_info >= (3, 11):
+                args.append(tls.get("ssl_shutdown_timeout"))
+            server = asyncio.base_events.Server(self, [], protocol_factory, *args)
+            if start_serving:
+                server._start_serving()
+            return server
+        return MultiServer(self, [])  # type: ignore[arg-type]
 
     # -- UDP -----------------------------------------------------------------
 
@@ -242,8 +287,17 @@ class ExclusiveLoopMixin:
         ``multicast=True`` or ``multicast=aioexclusive.Multicast(...)`` is the
         one opt-in that shares a port: see `aioexclusive.Multicast`.
         """
-        if reuse_address is not _UNSET and sys.version_info >= _DATAGRAM_REUSE_ADDRESS_UNTIL:
-            raise TypeError("create_datagram_endpoint() got an unexpected keyword argument 'reuse_address'")
+        stdlib = isinstance(self, asyncio.BaseEventLoop)
+        if reuse_address is not _UNSET:
+            if stdlib and sys.version_info >= _DATAGRAM_REUSE_ADDRESS_UNTIL:
+                # Not in asyncio's signature any more: its own TypeError, word for word.
+                return await super().create_datagram_endpoint(  # type: ignore[misc,no-any-return]
+                    protocol_factory, reuse_address=reuse_address
+                )
+            if not reuse_address and sock is None:
+                warnings.warn(
+                    _REUSE_ADDRESS_DEPRECATED["asyncio" if stdlib else "uvloop"], DeprecationWarning, stacklevel=2
+                )
         if multicast is not None and multicast is not False:
             # An opt-in: its module is loaded on first use (see __init__).
             from ._multicast import create_multicast_endpoint
@@ -294,11 +348,6 @@ class ExclusiveLoopMixin:
                 reuse_port=reuse_port, allow_broadcast=allow_broadcast, **extra,
             )
         self._exclusive_check_open()
-        for name, addr in (("local_addr", local_addr), ("remote_addr", remote_addr)):
-            if addr is not None:
-                if not (isinstance(addr, tuple) and len(addr) == 2):
-                    raise TypeError(f"{name} must be a (host, port) tuple, got {addr!r}")
-                check_port(addr[1], f"{name} port")
         candidates = await self._exclusive_datagram_candidates(local_addr, remote_addr, family, proto, flags)
         errors: list[OSError] = []
         for (fam, pro), (local, remote) in candidates:
@@ -319,11 +368,20 @@ class ExclusiveLoopMixin:
                 raise ValueError("unexpected address family")
             return [((family, proto), [None, None])]
         pairs: dict[tuple[int, int], list[Any]] = {}
+        stdlib = isinstance(self, asyncio.BaseEventLoop)
         for index, addr in ((0, local_addr), (1, remote_addr)):
             if addr is None:
                 continue
+            # Each address is checked right before it is resolved, with the
+            # base loop's own test and words (uvloop also takes a list).
+            name = ("local_addr", "remote_addr")[index]
+            if stdlib and not (isinstance(addr, tuple) and len(addr) == 2):
+                raise TypeError("2-tuple is expected")
+            if not stdlib and not (isinstance(addr, (tuple, list)) and len(addr) == 2):
+                raise TypeError(f"{name} must be a tuple of (host, port)")
             for fam, _, pro, _, sockaddr in await resolve(
-                self, addr[0], addr[1], family=family, type=socket.SOCK_DGRAM, proto=proto, flags=flags
+                self, addr[0], addr[1], family=family, type=socket.SOCK_DGRAM, proto=proto, flags=flags,
+                name=f"{name} port",
             ):
                 pairs.setdefault((fam, pro), [None, None])[index] = sockaddr
         candidates = [
@@ -361,7 +419,9 @@ class ExclusiveLoopMixin:
             deferred = self._exclusive_adoption_shares_udp and local is not None and remote is None
             if local is not None and not deferred:
                 bind_now(sock, local, plan.role)
-            if remote is not None:
+            # asyncio leaves a broadcast endpoint unconnected (replies to a
+            # broadcast come from any host); uvloop connects it. Follow the base.
+            if remote is not None and not (allow_broadcast and isinstance(self, asyncio.BaseEventLoop)):
                 await self.sock_connect(sock, remote)  # type: ignore[attr-defined]
         except BaseException:
             sock.close()
@@ -429,12 +489,19 @@ class ExclusiveLoopMixin:
                 return protocol_factory()
             return _clear_then_build(sock, plan, protocol_factory)
 
+        # uvloop makes the transport before its last await: cancelled there, it
+        # leaves a live transport nobody holds. So the adoption runs to its end
+        # in a task of its own, and whatever it made is closed if we are cancelled.
+        building = asyncio.ensure_future(
+            super().create_datagram_endpoint(bind_then_build, sock=sock)  # type: ignore[misc]
+        )
         try:
-            transport, protocol = await super().create_datagram_endpoint(  # type: ignore[misc]
-                bind_then_build, sock=sock
-            )
+            transport, protocol = await asyncio.shield(building)
         except BaseException:
-            sock.close()
+            if building.done():
+                _close_built(sock, building)
+            else:
+                building.add_done_callback(functools.partial(_close_built, sock))
             raise
         if failure:
             transport.close()
@@ -452,8 +519,10 @@ class ExclusiveLoopMixin:
         base_connect = super().create_connection  # type: ignore[misc]
         if local_addr is None or kwargs.get("sock") is not None:
             return await base_connect(protocol_factory, host, port, **kwargs)  # type: ignore[no-any-return]
-        if not (isinstance(local_addr, tuple) and len(local_addr) == 2):
-            raise TypeError(f"local_addr must be a (host, port) tuple, got {local_addr!r}")
+        if not (isinstance(local_addr, (tuple, list)) and len(local_addr) >= 2):
+            # Not an address this code can read: the base loop's own error for it.
+            return await base_connect(protocol_factory, host, port, **kwargs)  # type: ignore[no-any-return]
+        # A list, or (host, port, flowinfo, scope_id), as the base loops take it.
         check_port(local_addr[1], "local_addr port")
         plan = self._plan(Role.FIXED_PORT_CLIENT, address=local_addr)
         if not local_addr[1] or not plan.set:
@@ -538,6 +607,14 @@ class ExclusiveLoopMixin:
     def _exclusive_check_open(self) -> None:
         if self.is_closed():  # type: ignore[attr-defined]
             raise RuntimeError("Event loop is closed")
+
+
+def _close_built(sock: socket.socket, building: asyncio.Future[Any]) -> None:
+    # The adoption's transport if it got one (closing it closes the socket), else the socket.
+    if not building.cancelled() and building.exception() is None:
+        building.result()[0].close()
+    else:
+        sock.close()
 
 
 def _clear_then_build(

@@ -35,6 +35,13 @@ _ProtocolT = TypeVar("_ProtocolT", bound=asyncio.BaseProtocol)
 _ABORT_GRACE = 5.0
 
 
+# Bounds for bind_retry/retry_bind: a restart waits seconds, not forever. A
+# value past these is a mistake (a unit error, inf from a config file).
+_MAX_ATTEMPTS = 10_000
+_MAX_DELAY = 60.0
+_MAX_TOTAL = 3600.0
+
+
 def check_bind_retry(value: object, name: str = "bind_retry") -> tuple[int, float] | None:
     """Validate ``(attempts, delay)``; ``None`` means no retry."""
     if value is None:
@@ -46,10 +53,15 @@ def check_bind_retry(value: object, name: str = "bind_retry") -> tuple[int, floa
         raise TypeError(f"{name} attempts must be an int, got {attempts!r}")
     if isinstance(delay, bool) or not isinstance(delay, (int, float)):
         raise TypeError(f"{name} delay must be a number of seconds, got {delay!r}")
-    if attempts < 1:
-        raise ValueError(f"{name} attempts must be at least 1, got {attempts}")
-    if not delay >= 0:  # also rejects NaN
-        raise ValueError(f"{name} delay must be >= 0 seconds, got {delay}")
+    if not 1 <= attempts <= _MAX_ATTEMPTS:
+        raise ValueError(f"{name} attempts must be 1-{_MAX_ATTEMPTS}, got {attempts}")
+    # Written so that NaN fails too; infinity would wait forever on a held port.
+    if not 0 <= delay <= _MAX_DELAY:
+        raise ValueError(f"{name} delay must be 0-{_MAX_DELAY:g} seconds, got {delay}")
+    if attempts * delay > _MAX_TOTAL:
+        raise ValueError(
+            f"{name} would wait up to {attempts * delay:g} seconds on a held port; at most {_MAX_TOTAL:g} are allowed"
+        )
     return attempts, float(delay)
 
 

@@ -10,7 +10,7 @@ import warnings
 from typing import Any
 
 import pytest
-from harness import HAVE_IPV6, HAVE_UVLOOP, needs_ipv6, run
+from harness import HAVE_IPV6, HAVE_UVLOOP, needs_ipv6, run, run_plain
 from services import open_service
 
 import aioexclusive
@@ -370,7 +370,8 @@ def test_reuse_port_refused_and_allowed(base: str) -> None:
 def test_datagram_reuse_address(base: str) -> None:
     async def main() -> None:
         loop = asyncio.get_running_loop()
-        if sys.version_info >= (3, 13):
+        # asyncio dropped the argument in 3.11 (a TypeError, as there); uvloop still takes it.
+        if base == "asyncio" and sys.version_info >= (3, 11):
             with pytest.raises(TypeError, match="reuse_address"):
                 await loop.create_datagram_endpoint(asyncio.DatagramProtocol, ("127.0.0.1", 0), reuse_address=True)
         else:
@@ -491,28 +492,44 @@ def test_closed_loop(base: str, no_fd_leak: None) -> None:
     [
         ({"host": "127.0.0.1", "port": 70000}, InvalidPortError, "port must be 0-65535"),
         ({"host": "127.0.0.1", "port": -1}, OverflowError, "port must be 0-65535"),
-        ({"host": "127.0.0.1", "port": 1.5}, TypeError, "port must be an int"),
-        ({"host": 5, "port": 0}, TypeError, "host must be a str"),
-        ({"host": b"127.0.0.1", "port": 0}, TypeError, "host must be a str"),
-        ({"host": ["127.0.0.1", 5], "port": 0}, TypeError, "every host"),
-        ({"host": [], "port": 0}, ValueError, "empty sequence"),
+        # What the base loop itself does with these (issue 13): compared with a plain loop.
+        ({"host": "127.0.0.1", "port": 1.5}, None, "same as the base loop"),
+        ({"host": 5, "port": 0}, None, "same as the base loop"),
+        ({"host": b"127.0.0.1", "port": 0}, None, "same as the base loop"),
+        ({"host": ["127.0.0.1", 5], "port": 0}, None, "same as the base loop"),
+        ({"host": [], "port": 0}, None, "same as the base loop"),
         ({"host": "127.0.0.1", "port": 0, "sock": "x"}, ValueError, "host/port and sock"),
         ({"host": "127.0.0.1", "port": 0, "ssl": True}, TypeError, "SSLContext"),
         ({"host": "127.0.0.1", "port": 0, "ssl_handshake_timeout": 1}, ValueError, "only meaningful with ssl"),
         ({"host": "999.1.1.1", "port": 0}, OSError, None),  # not numeric: the (patched-out) resolver says no
     ],
 )
-def test_create_server_bad_arguments(base: str, kwargs: dict[str, Any], error: type, match: str | None) -> None:
+def test_create_server_bad_arguments(base: str, kwargs: dict[str, Any], error: type | None, match: str | None) -> None:
     async def no_dns(*args: Any, **kw: Any) -> Any:
         raise socket.gaierror(socket.EAI_NONAME, "no DNS in tests")
 
     async def main() -> None:
         loop = asyncio.get_running_loop()
         loop.getaddrinfo = no_dns  # type: ignore[method-assign]
-        with pytest.raises(error, match=match):
+        with pytest.raises(error, match=match):  # type: ignore[arg-type]
             await loop.create_server(asyncio.Protocol, **kwargs)
 
-    run(main(), base)
+    async def outcome() -> Any:
+        loop = asyncio.get_running_loop()
+        loop.getaddrinfo = no_dns  # type: ignore[method-assign]
+        try:
+            server = await loop.create_server(asyncio.Protocol, **kwargs)
+        except Exception as exc:
+            return type(exc), str(exc)
+        kinds = sorted((s.family, s.getsockname()[0]) for s in server.sockets)
+        server.close()
+        await server.wait_closed()
+        return kinds
+
+    if error is None:
+        assert run(outcome(), base) == run_plain(outcome(), base)
+    else:
+        run(main(), base)
 
 
 def test_version_specific_keywords_mirror_the_running_python(base: str) -> None:
