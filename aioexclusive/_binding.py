@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import errno
 import functools
+import os
 import socket
 import sys
 import warnings
@@ -377,6 +378,11 @@ def bind_now(sock: socket.socket, sockaddr: Any, role: Role, *, backlog: int | N
         raise error from exc
 
 
+# How often port 0 is tried again when the port the kernel picked for the
+# first family is taken in another (each family gets the same port).
+_SAME_PORT_ATTEMPTS = 16
+
+
 def open_bound_sockets(
     infos: Iterable[AddrInfo],
     plan: BindPlan,
@@ -392,12 +398,72 @@ def open_bound_sockets(
     All or nothing: on any failure every socket made here is closed.
     *skip_unavailable*: skip an address whose bind fails with
     ``EADDRNOTAVAIL`` (a family that is not enabled), as asyncio does from 3.13.
+
+    Listeners (a *backlog* given) on port 0 all get the port the kernel picked
+    for the first one, and a wildcard listener's other family is held on Linux
+    (see `_wildcard`); when that port is taken in another family, port 0 is
+    tried again.
     """
+    infos = list(infos)
+    port_zero = backlog is not None and any(_port_of(info[4]) == 0 for info in infos)
+    attempts = _SAME_PORT_ATTEMPTS if port_zero else 1
+    for attempt in range(1, attempts + 1):
+        try:
+            return _open_bound_sockets_once(
+                infos, plan, backlog=backlog, keep_alive=keep_alive, dualstack_ipv6=dualstack_ipv6,
+                strict=strict, skip_unavailable=skip_unavailable, same_port=port_zero,
+            )
+        except OSError as exc:
+            if attempt == attempts or not is_address_in_use(exc):
+                raise
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
+def _port_of(sockaddr: Any) -> int | None:
+    if isinstance(sockaddr, tuple) and len(sockaddr) >= 2 and isinstance(sockaddr[1], int):
+        return sockaddr[1]
+    return None
+
+
+def _with_port(sockaddr: Any, port: int) -> Any:
+    return (sockaddr[0], port, *sockaddr[2:])
+
+
+def _open_bound_sockets_once(
+    infos: list[AddrInfo],
+    plan: BindPlan,
+    *,
+    backlog: int | None,
+    keep_alive: bool,
+    dualstack_ipv6: bool,
+    strict: bool,
+    skip_unavailable: bool,
+    same_port: bool,
+) -> list[socket.socket]:
+    from . import _wildcard
+
+    listening = backlog is not None
+    chosen = 0
     sockets: list[socket.socket] = []
     try:
         for family, type_, proto, _, sockaddr in infos:
+            if same_port and chosen:
+                sockaddr = _with_port(sockaddr, chosen)
+            wildcard = (
+                listening
+                and _wildcard.HOLDS_WILDCARDS
+                and type_ == socket.SOCK_STREAM
+                and _wildcard.is_wildcard(family, sockaddr)
+            )
+            hold = _wildcard.take_hold(family, sockaddr[1]) if wildcard else None
+            if hold is not None:
+                # We already hold this wildcard for another of our listeners:
+                # promote that socket instead of releasing it and binding anew,
+                # which would leave a window (see _wildcard).
+                sockets.append(_promote(hold, plan, backlog, keep_alive, dualstack_ipv6, sockaddr, strict))
+                continue
             try:
-                sock = socket.socket(family, type_, proto)
+                sock = (_wildcard.HeldListener if wildcard else socket.socket)(family, type_, proto)
             except OSError:
                 # Same as asyncio: a family/type/protocol the host cannot make
                 # (IPv6 disabled in the kernel, say) is skipped, not fatal.
@@ -413,11 +479,64 @@ def open_bound_sockets(
                     raise
                 sockets.pop()
                 sock.close()
+                continue
+            if same_port and not chosen:
+                chosen = sock.getsockname()[1]
+        if listening:
+            try:
+                _wildcard.protect(sockets)
+            except OSError as exc:
+                port = sockets[0].getsockname()[1] if sockets else None
+                raise _other_family_in_use(exc, plan.role, port) from exc
         return sockets
     except BaseException:
         for sock in sockets:
             sock.close()
         raise
+
+
+def _promote(
+    hold: socket.socket,
+    plan: BindPlan,
+    backlog: int | None,
+    keep_alive: bool,
+    dualstack_ipv6: bool,
+    sockaddr: Any,
+    strict: bool,
+) -> socket.socket:
+    from . import _wildcard
+
+    port = sockaddr[1]
+    if dualstack_ipv6 and hold.family == socket.AF_INET6:
+        # IPV6_V6ONLY cannot change once bound; a dual-stack [::] conflicts with
+        # our own IPv4 listener anyway, exactly as on the base loop.
+        _wildcard.give_back(hold, port)
+        raise translate_bind_error(OSError(errno.EADDRINUSE, os.strerror(errno.EADDRINUSE)), plan.role, sockaddr)
+    try:
+        apply_plan(hold, plan, strict=strict, address=sockaddr)
+        if keep_alive:
+            hold.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+        hold.setblocking(False)
+        hold.listen(backlog if backlog is not None else min(socket.SOMAXCONN, 128))
+    except OSError as exc:
+        _wildcard.give_back(hold, port)
+        raise translate_bind_error(exc, plan.role, sockaddr) from exc
+    except BaseException:
+        _wildcard.give_back(hold, port)
+        raise
+    return hold
+
+
+def _other_family_in_use(exc: OSError, role: Role, port: int | None) -> OSError:
+    """The error for a wildcard port whose other family someone else holds."""
+    error = translate_bind_error(exc, role, ("0.0.0.0 and ::", port))
+    if hasattr(error, "add_note"):  # 3.11+
+        error.add_note(
+            f"Another socket holds the other address family's wildcard on port {port}; on Linux its owner "
+            "could take a one-family wildcard listener over (the two-step SO_REUSEPORT takeover, "
+            "docs/limits.md). Free that port, or listen on both families (host=None)."
+        )
+    return error
 
 
 def bind_socket(
@@ -457,16 +576,20 @@ def bind_socket(
     infos = socket.getaddrinfo(host or None, port, family, type, 0, socket.AI_PASSIVE)
     if not infos:
         raise OSError(f"getaddrinfo({host!r}) returned empty list")
-    family_, type_, proto, _, sockaddr = infos[0]
-    listener = role is Role.TCP_LISTENER
-    sock = new_socket(
-        family_, type_, proto, plan, strict=strict, address=sockaddr,
-        listener_v6only=(not dualstack_ipv6) if listener else None,
-    )
-    try:
-        bind_now(sock, sockaddr, role, backlog=(backlog if backlog is not None else min(socket.SOMAXCONN, 128)) if listener else None)
-    except BaseException:
-        sock.close()
-        raise
+    if role is Role.TCP_LISTENER:
+        # The listener path of create_server: listen at once, and on Linux hold
+        # the other family's wildcard next to a one-family wildcard (_wildcard).
+        listen_backlog = backlog if backlog is not None else min(socket.SOMAXCONN, 128)
+        (sock,) = open_bound_sockets(
+            infos[:1], plan, backlog=listen_backlog, dualstack_ipv6=dualstack_ipv6, strict=strict
+        )
+    else:
+        family_, type_, proto, _, sockaddr = infos[0]
+        sock = new_socket(family_, type_, proto, plan, strict=strict, address=sockaddr)
+        try:
+            bind_now(sock, sockaddr, role)
+        except BaseException:
+            sock.close()
+            raise
     sock.setblocking(True)
     return sock

