@@ -364,10 +364,9 @@ def _remove_if_stale(path: str, shown: Any, *, refuse: bool) -> None:
         return
     if not stat.S_ISSOCK(before.st_mode):
         if refuse:
-            if stat.S_ISLNK(before.st_mode):
-                # A dangling symlink fails bind() with EADDRINUSE too; the
-                # stdlib reports exactly that. Never follow or remove a link.
-                raise _in_use_error(shown, ": a symbolic link is there (it is not removed)")
+            # A regular file, a directory, a symlink (dangling or not: bind()
+            # fails with EADDRINUSE on it too): the stdlib's own error, word
+            # for word. A link is never followed or removed.
             raise _in_use_error(shown)
         return
     if _alive(path, before):

@@ -336,3 +336,397 @@ def test_sync_binder_for_frameworks(path: str, no_fd_leak: None) -> None:
             with pytest.raises(OSError):
                 bind_unix_path(name, backlog=8)
             assert abstract.getsockname() == name.encode()
+
+
+# -- helpers that act from another process -----------------------------------------
+
+
+class _Child:
+    """A forked process (optionally uid 65534) that runs *action* and then waits to be told to exit.
+
+    Forked, not exec'd: the interpreter may live under a home only root can
+    read. The child only makes system calls, then blocks on a pipe.
+    """
+
+    def __init__(self, action: Any, uid: int | None = None) -> None:
+        ready_r, ready_w = os.pipe()
+        self._stop_r, self._stop_w = os.pipe()
+        pid = os.fork()
+        if pid == 0:  # pragma: no cover - the child
+            code = 0
+            try:
+                # Nothing of the parent's: its sockets (kept alive by a copy
+                # here) and its locks (shared through the descriptor) stay its own.
+                low, high = sorted((ready_w, self._stop_r))
+                os.closerange(0, low)
+                os.closerange(low + 1, high)
+                os.closerange(high + 1, 65536)
+                if uid is not None:
+                    os.setgroups([])
+                    os.setgid(uid)
+                    os.setuid(uid)
+                keep = action()  # noqa: F841 - held until told to stop
+                os.write(ready_w, b"k")
+                os.read(self._stop_r, 1)
+            except BaseException:  # noqa: BLE001
+                os.write(ready_w, b"e")
+                code = 1
+            os._exit(code)
+        os.close(ready_w)
+        os.close(self._stop_r)
+        self.pid = pid
+        answer = os.read(ready_r, 1)
+        os.close(ready_r)
+        if answer != b"k":
+            self.stop()
+            raise RuntimeError("the helper process failed")
+
+    def stop(self) -> None:
+        os.close(self._stop_w)
+        os.waitpid(self.pid, 0)
+
+
+def _serve_dgram(path: str) -> Any:
+    def action() -> socket.socket:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        sock.bind(path)
+        return sock
+
+    return action
+
+
+def _serve_stream(path: str) -> Any:
+    def action() -> socket.socket:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.bind(path)
+        sock.listen(8)
+        return sock
+
+    return action
+
+
+def _talks_to_child_stream(path: str) -> bool:
+    """A connection to *path* is accepted by a live listener (the child's, when we hold none)."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as client:
+        client.settimeout(5)
+        try:
+            client.connect(path)
+        except OSError:
+            return False
+        return True
+
+
+# -- AF_UNIX datagram endpoints (issue 12.5) --------------------------------------
+
+
+def _dgram_endpoint(path: str, remote: str | None = None) -> Any:
+    return asyncio.get_running_loop().create_datagram_endpoint(
+        asyncio.DatagramProtocol, local_addr=path, remote_addr=remote, family=socket.AF_UNIX
+    )
+
+
+def _datagram_reaches_child(path: str, child_has_it: bool) -> bool:
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sender:
+        try:
+            sender.sendto(b"x", path)
+        except OSError:
+            return False
+    return child_has_it
+
+
+def test_datagram_endpoint_refuses_a_live_datagram_server(path: str, no_fd_leak: None) -> None:
+    # The live datagram server is another process; asyncio would unlink its file.
+    child = _Child(_serve_dgram(path), uid=None)
+    try:
+        before = os.lstat(path).st_ino
+
+        async def main() -> None:
+            with pytest.raises(aioexclusive.AddressInUseError) as info:
+                await _dgram_endpoint(path)
+            assert info.value.errno == errno.EADDRINUSE and info.value.address == path
+
+        run(main(), "asyncio")
+        assert os.lstat(path).st_ino == before  # still the live server's file
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sender:
+            sender.connect(path)  # a stale file would refuse this
+    finally:
+        child.stop()
+
+
+def test_control_plain_loop_unlinks_a_live_datagram_server(path: str) -> None:
+    child = _Child(_serve_dgram(path), uid=None)
+    try:
+        before = os.lstat(path).st_ino
+
+        async def main() -> None:
+            transport, _ = await _dgram_endpoint(path)
+            try:
+                # The path is now the newcomer's: the live server's file was
+                # removed (its socket still holds that inode, so this is another).
+                assert transport.get_extra_info("sockname") == path
+                assert os.lstat(path).st_ino != before
+            finally:
+                transport.close()
+
+        run_plain(main(), "asyncio")
+    finally:
+        child.stop()
+
+
+def test_datagram_endpoint_replaces_a_stale_file_and_connects(path: str, no_fd_leak: None) -> None:
+    dead = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    dead.bind(path)
+    dead.close()
+    peer_path = path + ".peer"
+    peer = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    peer.bind(peer_path)
+    try:
+
+        async def main() -> None:
+            received: asyncio.Queue[bytes] = asyncio.Queue()
+
+            class Proto(asyncio.DatagramProtocol):
+                def datagram_received(self, data: bytes, addr: Any) -> None:
+                    received.put_nowait(data)
+
+            loop = asyncio.get_running_loop()
+            transport, _ = await loop.create_datagram_endpoint(
+                Proto, local_addr=path, remote_addr=peer_path, family=socket.AF_UNIX
+            )
+            try:
+                transport.sendto(b"to peer")
+                assert peer.recv(16) == b"to peer"
+                # Like asyncio's own remote_addr path: another address is refused.
+                with pytest.raises(ValueError):
+                    transport.sendto(b"x", "/elsewhere")
+                peer.sendto(b"to us", path)
+                assert await asyncio.wait_for(received.get(), 10) == b"to us"
+            finally:
+                transport.close()
+
+        run(main(), "asyncio")
+    finally:
+        peer.close()
+        os.unlink(peer_path)
+    assert not [n for n in os.listdir(os.path.dirname(path)) if n.endswith(".stale")]
+
+
+def test_datagram_endpoint_bad_arguments_as_asyncio(path: str) -> None:
+    async def attempt(local: Any, remote: Any) -> type:
+        with pytest.raises(Exception) as info:
+            await asyncio.get_running_loop().create_datagram_endpoint(
+                asyncio.DatagramProtocol, local_addr=local, remote_addr=remote, family=socket.AF_UNIX
+            )
+        return type(info.value)
+
+    for local, remote in ((path.encode(), None), (path, ("127.0.0.1", 9))):
+        assert run(attempt(local, remote), "asyncio") is run_plain(attempt(local, remote), "asyncio") is TypeError
+    assert not os.path.exists(path)
+
+
+# -- inode reuse (issue 14.5) ---------------------------------------------------------
+
+
+def test_file_replaced_between_check_and_rename_is_put_back(
+    base: str, path: str, monkeypatch: pytest.MonkeyPatch, no_fd_leak: None
+) -> None:
+    """Another server replaces the stale file after our liveness check and before our rename.
+
+    On ext4 its new file usually carries the very inode number of the stale
+    one, so only a liveness check of the file actually moved tells them apart.
+    """
+    dead = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    dead.bind(path)
+    dead.close()
+    stale_inode = os.lstat(path).st_ino
+    real_rename = os.rename
+    children: list[_Child] = []
+    seen: list[int] = []
+
+    def rename_after_a_replacement(src: Any, dst: Any, *args: Any, **kwargs: Any) -> None:
+        if not children and os.fspath(src) == path:
+            # The other server: removes the stale file and binds its own, in another process.
+            os.unlink(path)
+            children.append(_Child(_serve_stream(path)))
+            seen.append(os.lstat(path).st_ino)
+        real_rename(src, dst, *args, **kwargs)
+
+    monkeypatch.setattr(os, "rename", rename_after_a_replacement)
+    try:
+
+        async def main() -> bool:
+            try:
+                server = await _greeting_server(path, b"thief")
+            except aioexclusive.AddressInUseError:
+                return True
+            server.close()
+            await server.wait_closed()
+            return False
+
+        refused = run(main(), base)
+        monkeypatch.undo()
+        assert refused, "the other server's live socket was deleted and its path taken"
+        assert children, "the replacement window was never reached"
+        # The other server's live file is back at the path and answers.
+        assert os.lstat(path).st_ino == seen[0]
+        assert _talks_to_child_stream(path)
+        assert not [n for n in os.listdir(os.path.dirname(path)) if n.endswith(".stale")]
+        print("inode reused:", seen[0] == stale_inode)
+    finally:
+        monkeypatch.undo()
+        for child in children:
+            child.stop()
+
+
+# -- the lock another user could hold (issue 14.6) ------------------------------------
+
+
+def _hold_directory_flock(directory: str) -> Any:
+    def action() -> int:
+        import fcntl
+
+        fd = os.open(directory, os.O_RDONLY)
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        return fd
+
+    return action
+
+
+@pytest.mark.cross_user
+@pytest.mark.skipif(not hasattr(os, "geteuid") or os.geteuid() != 0, reason="needs root to drop to uid 65534")
+def test_another_users_directory_lock_neither_stalls_nor_unlocks(
+    path: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """uid 65534 holds a flock on the socket's directory (any user who can open it can).
+
+    Neither a stall (the wait is made an hour here: a start that waited for
+    that user would never finish) nor an unlocked race between two exclusive
+    starters (the second must not remove the first one's live socket).
+    """
+    import aioexclusive._unix as unix
+
+    os.chmod(os.path.dirname(path), 0o755)
+    holder = _Child(_hold_directory_flock(os.path.dirname(path)), uid=65534)
+    try:
+        monkeypatch.setattr(unix, "_LOCK_WAIT", 3600.0, raising=False)
+        dead = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        dead.bind(path)
+        dead.close()
+        done = threading.Event()
+        outcome: list[Any] = []
+
+        def start() -> None:
+            try:
+                with unix.bind_unix_path(path, backlog=8):
+                    outcome.append("bound")
+            except BaseException as exc:  # noqa: BLE001
+                outcome.append(exc)
+            done.set()
+
+        threading.Thread(target=start, daemon=True).start()
+        # Not a timing assertion: only a bound so that a start stuck behind
+        # the other user's lock fails the test instead of hanging it.
+        assert done.wait(60), "the start waited for another user's lock"
+        assert outcome == ["bound"]
+    finally:
+        holder.stop()
+
+
+@pytest.mark.cross_user
+@pytest.mark.skipif(not hasattr(os, "geteuid") or os.geteuid() != 0, reason="needs root to drop to uid 65534")
+def test_racing_starts_with_another_users_directory_lock(path: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    import aioexclusive._unix as unix
+
+    os.chmod(os.path.dirname(path), 0o755)
+    holder = _Child(_hold_directory_flock(os.path.dirname(path)), uid=65534)
+    # Short, so that the old design (wait, then go on unlocked) reaches its race quickly.
+    monkeypatch.setattr(unix, "_LOCK_WAIT", 0.05, raising=False)
+    try:
+        contenders = 6
+        for _ in range(10):
+            dead = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            dead.bind(path)
+            dead.close()
+            barrier = threading.Barrier(contenders)
+            results: list[Any] = [None] * contenders
+
+            def contender(index: int) -> None:
+                barrier.wait()
+                try:
+                    results[index] = unix.bind_unix_path(path, backlog=8)
+                except OSError as exc:
+                    results[index] = exc
+
+            threads = [threading.Thread(target=contender, args=(i,)) for i in range(contenders)]
+            for thread in threads:
+                thread.start()
+            for thread in threads:
+                thread.join()
+            winners = [r for r in results if isinstance(r, socket.socket)]
+            try:
+                assert len(winners) == 1, results
+                assert all(isinstance(r, aioexclusive.AddressInUseError) for r in results if r not in winners)
+                assert _reaches(winners[0], path)
+            finally:
+                for sock in winners:
+                    sock.close()
+            os.unlink(path)
+    finally:
+        holder.stop()
+
+
+# -- dangling symlinks (issue 14.7) -------------------------------------------------------
+
+
+def test_dangling_symlink_gives_the_stdlib_error(base: str, path: str, no_fd_leak: None) -> None:
+    os.symlink(path + ".nowhere", path)
+
+    async def attempt() -> OSError:
+        with pytest.raises(OSError) as info:
+            await _greeting_server(path, b"x")
+        return info.value
+
+    ours = run(attempt(), base)
+    theirs = run_plain(attempt(), base)
+    assert type(ours) is type(theirs) is OSError
+    assert ours.errno == theirs.errno == errno.EADDRINUSE
+    assert str(ours) == str(theirs)
+    assert os.path.islink(path)
+
+
+def test_symlink_to_a_live_socket_is_left_alone(base: str, path: str) -> None:
+    target = path + ".real"
+    live = _live_listener(target)
+    os.symlink(target, path)
+    try:
+
+        async def main() -> None:
+            with pytest.raises(OSError) as info:
+                await _greeting_server(path, b"thief")
+            assert info.value.errno == errno.EADDRINUSE
+
+        run(main(), base)
+        assert os.path.islink(path) and _reaches(live, path)
+    finally:
+        live.close()
+        os.unlink(target)
+
+
+# -- a refused path is protected from this process's own os.remove (issue 12.9) --------
+
+
+def test_refused_live_path_cannot_be_removed_by_this_process(path: str) -> None:
+    from aioexclusive._unix import bind_unix_path
+
+    child = _Child(_serve_stream(path))
+    try:
+        with pytest.raises(aioexclusive.AddressInUseError):
+            bind_unix_path(path, backlog=8)
+        with pytest.raises(PermissionError, match="live server"):
+            os.remove(path)  # what uvicorn's CLI does on its way out
+        with pytest.raises(PermissionError):
+            os.unlink(path)
+        assert _talks_to_child_stream(path)
+    finally:
+        child.stop()
+    os.remove(path)  # stale now: nothing to protect
