@@ -343,6 +343,16 @@ class ExclusiveLoopMixin:
             )
 
         if is_unix:
+            if isinstance(self, asyncio.BaseEventLoop) and isinstance(local_addr, str) and not reuse_port:
+                from ._unix import create_unix_datagram_endpoint, guards_path
+
+                if guards_path(local_addr):
+                    # asyncio removes a live datagram server's socket file here;
+                    # bind the path by the AF_UNIX rules instead (_unix.py).
+                    self._exclusive_check_open()
+                    return await create_unix_datagram_endpoint(
+                        self, protocol_factory, local_addr, remote_addr, proto=proto, allow_broadcast=allow_broadcast
+                    )
             return await base_create(  # type: ignore[no-any-return]
                 protocol_factory, local_addr, remote_addr, family=family, proto=proto, flags=flags,
                 reuse_port=reuse_port, allow_broadcast=allow_broadcast, **extra,
