@@ -24,17 +24,9 @@ from aiohttp import web
 
 from .._loops import ExclusiveLoopMixin
 from ..policy import new_event_loop
-from .._unix import bind_unix_path
+from .._unix import bind_unix_path, remove_own_path
 
 __all__ = ["run_app"]
-
-
-def _identity(path: str) -> tuple[int, int] | None:
-    try:
-        st = os.lstat(path)
-    except OSError:
-        return None
-    return st.st_dev, st.st_ino
 
 
 def run_app(
@@ -60,35 +52,31 @@ def run_app(
         raise TypeError("pass either base= or loop=, not both")
     elif not isinstance(loop, ExclusiveLoopMixin):
         raise TypeError(f"loop must be an exclusive loop (aioexclusive.new_event_loop()), got {loop!r}")
-    bound: list[tuple[str, tuple[int, int] | None]] = []
-    ours: list[socket.socket] = []
+    ours: list[tuple[socket.socket, str]] = []
     try:
         paths = kwargs.pop("path", None)
         if paths is not None:
             for path in [paths] if isinstance(paths, (str, os.PathLike)) else list(_paths(paths)):
                 name = os.fspath(path)
-                ours.append(bind_unix_path(name, backlog=kwargs.get("backlog", 128)))
-                bound.append((name, _identity(name)))
+                ours.append((bind_unix_path(name, backlog=kwargs.get("backlog", 128)), name))
             given = kwargs.pop("sock", None)
+            socks = [sock for sock, _ in ours]
             if given is not None:
-                ours_and_given = [*ours, *([given] if isinstance(given, socket.socket) else given)]
-            else:
-                ours_and_given = list(ours)
-            kwargs["sock"] = ours_and_given
+                socks += [given] if isinstance(given, socket.socket) else list(given)
+            kwargs["sock"] = socks
     except BaseException:
-        for sock in ours:
-            sock.close()
+        # All or nothing: a later path refused leaves no file of an earlier one.
+        for sock, name in ours:
+            remove_own_path(sock, name)
         loop.close()
         raise
     try:
         web.run_app(app, loop=loop, **kwargs)
     finally:
-        for sock in ours:
-            sock.close()
-        for name, identity in bound:
-            # Only the file this process bound; never one that replaced it.
-            if identity is not None and _identity(name) == identity:
-                os.unlink(name)
+        for sock, name in ours:
+            # Closed, then removed only if no socket is bound to the file any
+            # more: never a newer server's file (even one reusing our inode number).
+            remove_own_path(sock, name)
 
 
 def _paths(paths: Iterable[Any]) -> Iterable[Any]:

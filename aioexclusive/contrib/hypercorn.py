@@ -34,13 +34,16 @@ from __future__ import annotations
 import asyncio
 import os
 import socket
+from typing import Any
+
 import hypercorn.config
 
 from .._binding import audit_socket, bind_socket
 from .._errors import ExclusivityError
 from .._loops import ExclusiveLoopMixin
 from .._plan import Role, make_plan
-from .._unix import bind_unix_path
+from .._unix import bind_unix_path, remove_own_path
+from . import _v6_default_is_dualstack
 
 __all__ = ["ExclusiveConfig"]
 
@@ -55,7 +58,16 @@ def _parse_host_port(bind: str) -> tuple[str, int]:
         return bind, 8000
 
 
-def _adopting_loop_is_uvloop(worker_class: str) -> bool:
+def _quic_refusal(quic_bind: list[str]) -> ExclusivityError:
+    return ExclusivityError(
+        f"QUIC sockets for {quic_bind} would be served by a plain uvloop loop, whose uv_udp_open turns "
+        "SO_REUSEADDR back on (on Linux any user could then receive the datagrams). Serve them on an "
+        "asyncio loop (worker_class='asyncio' and no uvloop.install()), or with hypercorn.asyncio.serve "
+        "inside aioexclusive.run(..., base='uvloop')."
+    )
+
+
+def _adopting_loop_is_uvloop(worker_class: str | None) -> bool:
     """Will a plain uvloop loop adopt the QUIC sockets?
 
     libuv's ``uv_udp_open`` switches ``SO_REUSEADDR`` (Linux) / ``SO_REUSEPORT``
@@ -65,7 +77,8 @@ def _adopting_loop_is_uvloop(worker_class: str) -> bool:
     try:
         loop = asyncio.get_running_loop()
     except RuntimeError:
-        # hypercorn.run.run: the workers' loop is hypercorn's choice.
+        # hypercorn.run.run: the workers' loop is hypercorn's choice (checked
+        # again in create_ssl_context, on the loop that adopts the sockets).
         return worker_class == "uvloop"
     if isinstance(loop, ExclusiveLoopMixin):
         return False
@@ -81,10 +94,17 @@ class ExclusiveConfig(hypercorn.config.Config):
       share these very sockets.
     * QUIC (``quic_bind``): UDP without ``SO_REUSEADDR``/``SO_REUSEPORT``
       (``SO_EXCLUSIVEADDRUSE`` on Windows). Refused with `ExclusivityError`
-      when a plain uvloop loop would adopt them (``worker_class="uvloop"``),
-      since libuv turns ``SO_REUSEADDR`` back on.
+      when a plain uvloop loop would adopt them, since libuv turns
+      ``SO_REUSEADDR`` back on: up front for ``worker_class="uvloop"``, and
+      in the worker on the loop that actually adopts them (an application
+      module that calls ``uvloop.install()`` makes the asyncio worker's loop
+      a uvloop one).
+    * ``HOST:PORT`` with an IPv6 ``HOST`` keeps hypercorn's address
+      semantics: ``[::]:P`` is dual-stack where the system default is (one
+      socket, exclusive for IPv4 and IPv6 alike).
     * ``unix:PATH``: `AddressInUseError` when a live server answers at PATH; a
-      stale socket file is replaced.
+      stale socket file is replaced; a failed start removes the files it
+      bound itself.
     * ``fd://N``: adopted as hypercorn does, then audited: a shareable TCP or
       UDP socket raises `ExclusivityError`.
 
@@ -92,19 +112,27 @@ class ExclusiveConfig(hypercorn.config.Config):
     Port in use: `AddressInUseError`.
     """
 
+    def create_ssl_context(self) -> Any:
+        """hypercorn's SSL context; first, refuse QUIC when the loop about to adopt it is a plain uvloop loop.
+
+        hypercorn's worker (``worker_serve``) asks for the context on the very
+        loop that then adopts the QUIC sockets, right before it does: this is
+        where the adopting loop is known, whatever ``worker_class`` says (an
+        application module that calls ``uvloop.install()`` makes the
+        ``asyncio`` worker's loop a uvloop one).
+        """
+        if self.quic_bind and _adopting_loop_is_uvloop(None):
+            raise _quic_refusal(self.quic_bind)
+        return super().create_ssl_context()
+
     def create_sockets(self) -> hypercorn.config.Sockets:
-        made: list[tuple[socket.socket, bool]] = []  # (socket, borrowed from fd://)
+        made: list[tuple[socket.socket, bool, str | None]] = []  # (socket, borrowed from fd://, unix path)
         try:
             if self.ssl_enabled:
                 secure = self._exclusive_sockets(self.bind, socket.SOCK_STREAM, made)
                 insecure = self._exclusive_sockets(self.insecure_bind, socket.SOCK_STREAM, made)
                 if self.quic_bind and _adopting_loop_is_uvloop(self.worker_class):
-                    raise ExclusivityError(
-                        f"QUIC sockets for {self.quic_bind} would be served by a plain uvloop loop, whose "
-                        "uv_udp_open turns SO_REUSEADDR back on (on Linux any user could then receive the "
-                        "datagrams). Use worker_class='asyncio', or serve with hypercorn.asyncio.serve inside "
-                        "aioexclusive.run(..., base='uvloop')."
-                    )
+                    raise _quic_refusal(self.quic_bind)
                 quic = self._exclusive_sockets(self.quic_bind, socket.SOCK_DGRAM, made)
                 # hypercorn advertises QUIC through an alt-svc header built here.
                 self._set_quic_addresses(quic)
@@ -112,21 +140,23 @@ class ExclusiveConfig(hypercorn.config.Config):
                 secure, quic = [], []
                 insecure = self._exclusive_sockets(self.bind, socket.SOCK_STREAM, made)
         except BaseException:
-            for sock, borrowed in made:
+            for sock, borrowed, path in made:
                 if borrowed:
                     sock.detach()  # an fd:// socket belongs to whoever passed it
+                elif path is not None:
+                    remove_own_path(sock, path)  # a failed start leaves no socket file of its own
                 else:
                     sock.close()
             raise
         return hypercorn.config.Sockets(secure, insecure, quic)
 
     def _exclusive_sockets(
-        self, binds: list[str], type_: int, made: list[tuple[socket.socket, bool]]
+        self, binds: list[str], type_: int, made: list[tuple[socket.socket, bool, str | None]]
     ) -> list[socket.socket]:
         sockets = []
         for bind in binds:
             sock = self._exclusive_socket(bind, type_)
-            made.append((sock, bind.startswith("fd://")))
+            made.append((sock, bind.startswith("fd://"), bind[5:] if bind.startswith("unix:") else None))
             sockets.append(sock)
             sock.setblocking(False)
             try:
@@ -144,7 +174,7 @@ class ExclusiveConfig(hypercorn.config.Config):
                 try:
                     os.chown(path, self.user, self.group)
                 except BaseException:
-                    sock.close()
+                    remove_own_path(sock, path)
                     raise
             return sock
         if bind.startswith("fd://"):
@@ -162,7 +192,10 @@ class ExclusiveConfig(hypercorn.config.Config):
             return sock
         host, port = _parse_host_port(bind)
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
-        sock = bind_socket((host, port), type=type_, family=family, backlog=backlog)
+        # hypercorn leaves IPV6_V6ONLY at the system default, so "[::]:P" is
+        # dual-stack on Linux: keep it (one socket, exclusive on both families).
+        dualstack = family == socket.AF_INET6 and type_ == socket.SOCK_STREAM and _v6_default_is_dualstack()
+        sock = bind_socket((host, port), type=type_, family=family, backlog=backlog, dualstack_ipv6=dualstack)
         if type_ == socket.SOCK_STREAM:
             try:
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)

@@ -5,7 +5,11 @@ A single process needs nothing from this module::
     uvicorn app:app --loop aioexclusive:new_event_loop
 
 (uvicorn >= 0.36 takes ``module:attr`` as a loop factory), because uvicorn then
-binds through ``loop.create_server``. With ``--workers`` or ``--reload``,
+binds through ``loop.create_server``. With ``--uds PATH`` the loop refuses a
+PATH where a live server answers, and uvicorn's own clean-up on the way out
+(``os.remove(PATH)``) is then refused too (a ``PermissionError`` traceback
+after the start-up error), so the live server keeps its file; `run` here
+reports the same refusal without a traceback. With ``--workers`` or ``--reload``,
 though, uvicorn binds once in the supervisor, in ``Config.bind_socket``, with
 ``SO_REUSEADDR`` on every platform; on Windows that is the option that lets
 any later socket take the port over (and opens it to other users). This
@@ -35,7 +39,8 @@ from .._errors import ExclusivityError
 from .._loops import ExclusiveLoopMixin, exclusive_loop_class
 from .._plan import Role, make_plan
 from ..policy import new_event_loop
-from .._unix import bind_unix_path
+from .._unix import bind_unix_path, remove_own_path
+from . import _v6_default_is_dualstack
 
 __all__ = ["Config", "run"]
 
@@ -97,7 +102,7 @@ class Config(uvicorn.Config):
                 # uvicorn's own bind makes the socket connectable for everyone.
                 os.chmod(self.uds, 0o666)
             except BaseException:
-                sock.close()
+                remove_own_path(sock, self.uds)  # leave no file of ours behind
                 raise
             logger.info("Uvicorn running on unix socket %s (Press CTRL+C to quit)", self.uds)
         elif self.fd is not None:
@@ -113,9 +118,14 @@ class Config(uvicorn.Config):
                 raise
         else:
             family = socket.AF_INET6 if self.host and ":" in self.host else socket.AF_INET
+            # uvicorn leaves IPV6_V6ONLY at the system default here, so "::" is
+            # dual-stack on Linux: keep that (one socket, exclusive for both
+            # families), or IPv4 clients would be refused and whoever listens on
+            # 0.0.0.0:port would get them.
+            dualstack = family == socket.AF_INET6 and _v6_default_is_dualstack()
             # Listening at once (unlike uvicorn, which listens in each worker)
             # closes the Linux window where two SO_REUSEADDR sockets are both bound.
-            sock = bind_socket((self.host, self.port), family=family, backlog=self.backlog)
+            sock = bind_socket((self.host, self.port), family=family, backlog=self.backlog, dualstack_ipv6=dualstack)
             fmt = "%s://[%s]:%d" if family == socket.AF_INET6 else "%s://%s:%d"
             logger.info(
                 f"Uvicorn running on {fmt} (Press CTRL+C to quit)",
@@ -127,14 +137,6 @@ class Config(uvicorn.Config):
         return sock
 
 
-def _same_file(path: str, identity: tuple[int, int] | None) -> bool:
-    try:
-        st = os.lstat(path)
-    except OSError:
-        return False
-    return identity == (st.st_dev, st.st_ino)
-
-
 def run(app: Any, **kwargs: Any) -> None:
     """`uvicorn.run` with the exclusive `Config`; same keyword arguments.
 
@@ -142,8 +144,9 @@ def run(app: Any, **kwargs: Any) -> None:
 
     * a unix socket path where a live server answers is refused (logged, exit
       status 3 like any uvicorn start-up failure) instead of being unlinked;
-    * on exit only the socket file this process bound is removed, never one
-      that a failed start found in place.
+    * on exit the socket file is removed only if no socket is bound to it any
+      more: never the live server's file that a failed start found in place,
+      nor a newer server's file that reuses the inode number of ours.
     """
     from uvicorn.server import Server
     from uvicorn.supervisors import ChangeReload, Multiprocess
@@ -162,7 +165,6 @@ def run(app: Any, **kwargs: Any) -> None:
     server = Server(config=config)
 
     sock: socket.socket | None = None
-    our_path: tuple[int, int] | None = None
     try:
         try:
             if config.should_reload or config.workers > 1 or config.uds is not None:
@@ -172,9 +174,6 @@ def run(app: Any, **kwargs: Any) -> None:
         except (OSError, ExclusivityError) as exc:
             logger.error(exc)
             sys.exit(STARTUP_FAILURE)
-        if config.uds is not None and not config.uds.startswith("\0"):
-            st = os.lstat(config.uds)
-            our_path = (st.st_dev, st.st_ino)
         if config.should_reload:
             assert sock is not None
             ChangeReload(config, target=server.run, sockets=[sock]).run()
@@ -191,9 +190,12 @@ def run(app: Any, **kwargs: Any) -> None:
         pass
     finally:
         if sock is not None:
-            sock.close()
-        if config.uds and _same_file(config.uds, our_path):
-            os.remove(config.uds)
+            if config.uds:
+                # Closed first, then removed only if nothing is bound to the
+                # file any more (the same rename-and-check as a replacement).
+                remove_own_path(sock, config.uds)
+            else:
+                sock.close()
 
     if not server.started and not config.should_reload and config.workers == 1:
         sys.exit(STARTUP_FAILURE)
