@@ -161,6 +161,18 @@ def type_of_libuv_loop(loop: object) -> bool:
     )
 
 
+def _is_ip_literal(host: bytes) -> bool:
+    # A scoped IPv6 literal ("fe80::1%eth0") counts: the C library answers it
+    # without DNS, while uvloop's public getaddrinfo fast path drops its scope id.
+    for family in _INET_FAMILIES:
+        try:
+            socket.inet_pton(family, host.decode("ascii").partition("%")[0])
+        except (OSError, ValueError, UnicodeDecodeError):
+            continue
+        return True
+    return False
+
+
 def _libuv_resolver_args(host: object, port: object) -> tuple[bytes | None, bytes | None]:
     # uvloop's Loop._getaddrinfo, argument checks and conversions, in order.
     if isinstance(port, str):
@@ -218,11 +230,10 @@ async def resolve(
         # the same C function. A name fails that fast path anyway, so for a
         # name loop.getaddrinfo is exactly the internal resolver.
         host_arg, port_arg = _libuv_resolver_args(host, port)
-        try:
-            infos = socket.getaddrinfo(host_arg, port_arg, family, type, proto, flags | socket.AI_NUMERICHOST)
-        except socket.gaierror as exc:
-            if exc.errno != socket.EAI_NONAME or host is None:
-                raise
+        if host_arg is None or _is_ip_literal(host_arg):
+            # No DNS for these: the C library answers at once, as it would in libuv's thread.
+            infos = socket.getaddrinfo(host_arg, port_arg, family, type, proto, flags)
+        else:
             infos = await loop.getaddrinfo(host, port, family=family, type=type, proto=proto, flags=flags)
     else:
         infos = await loop.getaddrinfo(host, port, family=family, type=type, proto=proto, flags=flags)

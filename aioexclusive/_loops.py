@@ -195,8 +195,14 @@ class ExclusiveLoopMixin:
             found = await asyncio.gather(
                 *(resolve(self, h, port, family=family, flags=flags) for h in hosts)
             )
-        # asyncio dedupes with a set; keep first-seen order so sockets are stable.
-        infos = list(dict.fromkeys(info for group in found for info in group))
+        # asyncio dedupes with a set; keep first-seen order so sockets are stable. The
+        # canonical name is left out of the key: an address reached through a name and as
+        # a literal is one address, bound once (asyncio would bind it twice).
+        unique: dict[tuple[Any, ...], Any] = {}
+        for group in found:
+            for info in group:
+                unique.setdefault((*info[:3], info[4]), info)
+        infos = list(unique.values())
         stdlib_313 = isinstance(self, asyncio.BaseEventLoop) and sys.version_info >= (3, 13)
         bind = functools.partial(
             open_bound_sockets,
@@ -215,7 +221,7 @@ class ExclusiveLoopMixin:
 
             sockets = await retry_bind(bind, attempts=retry[0], delay=retry[1])
         if not sockets:
-            return self._exclusive_no_socket(infos, protocol_factory, backlog, start_serving, stdlib_313, tls)
+            return await self._exclusive_no_socket(infos, protocol_factory, backlog, start_serving, stdlib_313, tls)
         servers: list[asyncio.AbstractServer] = []
         try:
             for bound in sockets:
@@ -239,7 +245,7 @@ class ExclusiveLoopMixin:
             return servers[0]
         return MultiServer(self, servers)  # type: ignore[arg-type]
 
-    def _exclusive_no_socket(
+    async def _exclusive_no_socket(
         self,
         infos: list[Any],
         protocol_factory: Callable[[], asyncio.BaseProtocol],
@@ -260,6 +266,14 @@ class ExclusiveLoopMixin:
             if start_serving:
                 server._start_serving()
             return server
+        for cls in type(self).__mro__:
+            # uvloop/winloop: their own Server class, empty (it is serving once started, as theirs is).
+            server_class = getattr(sys.modules.get(cls.__module__), "Server", None)
+            if cls.__module__.partition(".")[0] in ("uvloop", "winloop") and server_class is not None:
+                empty = server_class(self)
+                if start_serving:
+                    await empty.start_serving()
+                return empty  # type: ignore[no-any-return]
         return MultiServer(self, [])  # type: ignore[arg-type]
 
     # -- UDP -----------------------------------------------------------------
@@ -374,9 +388,13 @@ class ExclusiveLoopMixin:
     ) -> list[tuple[tuple[int, int], list[Any]]]:
         """(family, protocol) -> [local, remote] pairs, resolved and matched as asyncio does."""
         if local_addr is None and remote_addr is None:
-            if family == 0:
+            # asyncio refuses only family 0 here (socket() judges the rest); uvloop any non-IP family.
+            if family == 0 or (
+                not isinstance(self, asyncio.BaseEventLoop) and family not in (socket.AF_INET, socket.AF_INET6)
+            ):
                 raise ValueError("unexpected address family")
-            return [((family, proto), [None, None])]
+            # uvloop makes this socket with the family alone; asyncio passes proto to socket().
+            return [((family, proto if isinstance(self, asyncio.BaseEventLoop) else 0), [None, None])]
         pairs: dict[tuple[int, int], list[Any]] = {}
         stdlib = isinstance(self, asyncio.BaseEventLoop)
         for index, addr in ((0, local_addr), (1, remote_addr)):
