@@ -1,8 +1,8 @@
 """A UDP echo service on uvloop, as an unmodified program writes it (tests of AIOEXCLUSIVE_GUARD's uvloop hook).
 
-usage: ix_uvloop_server.py run|new_event_loop|install|policy
-Binds a plain UDP socket on 127.0.0.1:0 and hands it to the loop with sock= (the path where libuv turns
-SO_REUSEADDR on). Prints "PORT <n> LOOP <class>" once serving; answers each datagram with b"pid <pid>";
+usage: ix_uvloop_server.py run|new_event_loop|install|policy local_addr|sock
+Opens a UDP endpoint on 127.0.0.1 with local_addr=, or binds a plain UDP socket and hands it over with
+sock=; on a plain uvloop loop libuv's uv_udp_open turns SO_REUSEADDR on either way. Prints "PORT <n> LOOP <class>" once serving; answers each datagram with b"pid <pid>";
 stops on SIGINT/SIGTERM.
 """
 
@@ -27,10 +27,14 @@ class Echo(asyncio.DatagramProtocol):
 
 async def serve() -> None:
     loop = asyncio.get_running_loop()
-    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    sock.bind(("127.0.0.1", 0))
-    transport, _ = await loop.create_datagram_endpoint(Echo, sock=sock)
-    print(f"PORT {sock.getsockname()[1]} LOOP {type(loop).__name__}", flush=True)
+    if sys.argv[2] == "sock":
+        sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        sock.bind(("127.0.0.1", 0))
+        transport, _ = await loop.create_datagram_endpoint(Echo, sock=sock)
+    else:
+        transport, _ = await loop.create_datagram_endpoint(Echo, local_addr=("127.0.0.1", 0))
+    port = transport.get_extra_info("sockname")[1]
+    print(f"PORT {port} LOOP {type(loop).__name__}", flush=True)
     stop = asyncio.Event()
     loop.add_signal_handler(signal.SIGINT, stop.set)
     loop.add_signal_handler(signal.SIGTERM, stop.set)
