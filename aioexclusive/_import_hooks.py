@@ -21,6 +21,7 @@ module              what the hook does while the guard is on (any mode but ``off
 ``tornado.netutil`` ``raise``/``enforce``: ``bind_sockets(reuse_port=True)`` in a process
                     forked by ``fork_processes`` is refused with the way out
 ``aiocoap``         ``AIOCOAP_REUSE_PORT=0`` unless the variable is set already
+``zeroconf``        the mDNS port is allowed (``*:5353``): mDNS responders share it by design
 ==================  =====================================================================
 
 Mechanism: one `importlib.abc.MetaPathFinder` at the front of ``sys.meta_path``.
@@ -181,6 +182,33 @@ def _patch_aiocoap(module: ModuleType) -> None:
         os.environ.setdefault("AIOCOAP_REUSE_PORT", "0")
 
 
+MDNS_ALLOW = "*:5353"
+
+
+def _patch_zeroconf(module: ModuleType) -> None:
+    # python-zeroconf is an mDNS responder: it binds the wildcard address on
+    # 5353 with SO_REUSEADDR/SO_REUSEPORT and joins 224.0.0.251 / ff02::fb
+    # afterwards, so that avahi and every other responder on the host share
+    # the port. At the bind that is indistinguishable from a unicast server,
+    # and the guard would strip (enforce) or refuse (raise) exactly the sharing
+    # mDNS needs. A program that imports zeroconf means mDNS: allow its port,
+    # as AIOEXCLUSIVE_GUARD_ALLOW='*:5353' would, and say so once.
+    from . import _guard
+
+    mode = guard_mode()
+    if mode == "off":
+        return
+    pattern = _guard._parse_entry(MDNS_ALLOW)
+    with _guard._install_lock:  # what guard() holds while it swaps the allow list
+        if pattern in _guard._state.allow:
+            return
+        _guard._state.allow = (*_guard._state.allow, pattern)
+    _say(
+        f"AIOEXCLUSIVE_GUARD={mode}: zeroconf is imported, so the mDNS port is shared as mDNS requires "
+        f"(allow {MDNS_ALLOW!r}); every other port stays exclusive"
+    )
+
+
 # module name -> the patch that runs right after it is imported.
 _HOOKS: dict[str, Callable[[ModuleType], None]] = {
     "grpc": _patch_grpc,
@@ -189,6 +217,7 @@ _HOOKS: dict[str, Callable[[ModuleType], None]] = {
     "gunicorn.config": _patch_gunicorn_config,
     "tornado.netutil": _patch_tornado_netutil,
     "aiocoap": _patch_aiocoap,
+    "zeroconf": _patch_zeroconf,
 }
 
 _lock = threading.Lock()
