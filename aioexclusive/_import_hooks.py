@@ -44,6 +44,7 @@ import importlib.machinery
 import os
 import sys
 import threading
+import weakref
 from collections.abc import Callable, Sequence
 from types import ModuleType
 from typing import Any
@@ -224,7 +225,13 @@ _lock = threading.Lock()
 _finder: _PatchingFinder | None = None
 
 
+# Modules patched already, so that activate() twice does not patch twice; an
+# import (or a reload) executes the module afresh and is always patched.
+_applied: weakref.WeakSet[ModuleType] = weakref.WeakSet()
+
+
 def _apply(name: str, module: ModuleType) -> None:
+    _applied.add(module)
     try:
         _HOOKS[name](module)
     except Exception as exc:  # noqa: BLE001 - an import must never fail because of us
@@ -287,5 +294,5 @@ def activate() -> None:
             sys.meta_path.insert(0, _finder)
     for name in list(_HOOKS):
         module = sys.modules.get(name)
-        if module is not None:
+        if module is not None and module not in _applied:
             _apply(name, module)
