@@ -235,3 +235,49 @@ try:
     HAVE_UVLOOP = True
 except ImportError:
     HAVE_UVLOOP = False
+
+
+class LiveUnixServer:
+    """A live AF_UNIX server in another process (stream: accepts and says "live"; or datagram)."""
+
+    CODE = (
+        "import socket, sys\n"
+        "kind = socket.SOCK_STREAM if sys.argv[2] == 'stream' else socket.SOCK_DGRAM\n"
+        "s = socket.socket(socket.AF_UNIX, kind); s.bind(sys.argv[1])\n"
+        "if kind == socket.SOCK_STREAM: s.listen(16)\n"
+        "print('ready', flush=True)\n"
+        "while kind == socket.SOCK_STREAM:\n"
+        "    c, _ = s.accept(); c.sendall(b'live'); c.close()\n"
+        "sys.stdin.read()\n"
+    )
+
+    def __init__(self, path: str, kind: str = "stream") -> None:
+        self.path = path
+        self.proc = subprocess.Popen(
+            [PY, "-c", self.CODE, path, kind], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+        )
+        assert self.proc.stdout is not None and self.proc.stdout.readline().strip() == "ready"
+        self.inode = os.lstat(path).st_ino
+
+    def answers(self) -> bool:
+        """Does a client connecting to the path reach this very server?"""
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as client:
+            client.settimeout(10)
+            try:
+                client.connect(self.path)
+                return client.recv(8) == b"live"
+            except OSError:
+                return False
+
+    def close(self) -> None:
+        self.proc.kill()
+        self.proc.wait()
+        assert self.proc.stdin is not None and self.proc.stdout is not None
+        self.proc.stdin.close()
+        self.proc.stdout.close()
+
+    def __enter__(self) -> "LiveUnixServer":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()

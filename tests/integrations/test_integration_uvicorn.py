@@ -16,8 +16,10 @@ import aioexclusive  # noqa: E402
 from aioexclusive import AddressInUseError, ExclusiveLoopMixin  # noqa: E402
 from ix_support import (  # noqa: E402
     LOOPBACK_HOSTS,
+    HAVE_IPV6,
     HAVE_UVLOOP,
     PY,
+    LiveUnixServer,
     ServerProcess,
     assert_attacker_cannot_listen,
     assert_exclusive_answer,
@@ -145,3 +147,80 @@ def test_config_loop_factory_is_exclusive(loop: str) -> None:
         made.run_until_complete(refused())
     finally:
         made.close()
+
+
+# -- uvicorn's CLI with --uds (issue 12.9) -----------------------------------------
+
+
+def test_cli_uds_refusal_keeps_the_live_servers_file(sock_path: str) -> None:
+    """uvicorn's CLI removes --uds PATH on its way out, after our loop refused PATH.
+
+    The live server (another process) must keep its file: the next start, a
+    process manager restarting the "failed" service, would otherwise take the
+    path and every new client.
+    """
+    args = [PY, "-m", "uvicorn", "uvicorn_app:app", "--loop", "aioexclusive:new_event_loop", "--uds", sock_path]
+    with LiveUnixServer(sock_path) as live:
+        with ServerProcess(args) as refused:
+            assert refused.wait_exit() != 0, refused.output
+        assert "already in use" in refused.output and sock_path in refused.output, refused.output
+        assert os.path.exists(sock_path), "uvicorn removed the live server's socket file"
+        assert os.lstat(sock_path).st_ino == live.inode
+        assert live.answers()
+        # And the restart a process manager would do now is refused again.
+        with ServerProcess(args) as again:
+            assert again.wait_exit() != 0, again.output
+        assert live.answers()
+
+
+def test_control_cli_uds_without_aioexclusive_takes_the_path(sock_path: str) -> None:
+    with LiveUnixServer(sock_path) as live:
+        with ServerProcess([PY, "-m", "uvicorn", "uvicorn_app:app", "--uds", sock_path]) as thief:
+            thief.wait_for("Uvicorn running on unix socket")
+            assert os.lstat(sock_path).st_ino != live.inode
+            assert not live.answers()
+            assert http_get_unix(sock_path)[0] == 200  # the newcomer got the path
+
+
+# -- "::" stays dual-stack, exclusively (issue 12.10) ---------------------------------
+
+
+def _v4_client_reaches(sock: socket.socket, port: int) -> bool:
+    with socket.create_connection(("127.0.0.1", port), timeout=10):
+        sock.settimeout(10)
+        conn, peer = sock.accept()
+        conn.close()
+        return peer[0] in ("::ffff:127.0.0.1", "127.0.0.1")
+
+
+@pytest.mark.skipif(not HAVE_IPV6, reason="no IPv6 here")
+def test_config_wildcard_v6_is_dual_stack_and_exclusive(other_user_attacker) -> None:  # type: ignore[no-untyped-def]
+    from aioexclusive.contrib.uvicorn import Config
+
+    plain = uvicorn.Config("x:app", host="::", port=0, log_config=None).bind_socket()
+    with plain:
+        # What uvicorn itself does on this system (dual-stack on Linux by default).
+        expected = plain.getsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY)
+    sock = Config("x:app", host="::", port=0, log_config=None).bind_socket()
+    with sock:
+        port = sock.getsockname()[1]
+        assert sock.getsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY) == expected
+        if expected == 0:
+            assert _v4_client_reaches(sock, port)
+        # Another user on the IPv4 side of the port gets nothing: it cannot bind it.
+        assert_attacker_cannot_listen(other_user_attacker, "127.0.0.1", port)
+        assert_attacker_cannot_listen(other_user_attacker, "::1", port)
+        if expected == 0:
+            assert _v4_client_reaches(sock, port)
+
+
+@pytest.mark.skipif(not HAVE_IPV6, reason="no IPv6 here")
+def test_run_workers_on_wildcard_v6_serve_ipv4_clients(other_user_attacker) -> None:  # type: ignore[no-untyped-def]
+    with ServerProcess([PY, "uvicorn_app.py", "--workers", "2", "--host", "::", "--port", "0"]) as server:
+        port = int(server.wait_for(RUNNING).group(2))
+        server.wait_for("Application startup complete", count=2)
+        assert_attacker_cannot_listen(other_user_attacker, "127.0.0.1", port)
+        status, body = http_get("127.0.0.1", port, "/secret?token=abc")
+        assert status == 200
+        assert_exclusive_answer(body)
+        assert http_get("::1", port)[0] == 200
