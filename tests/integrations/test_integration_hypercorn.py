@@ -14,6 +14,10 @@ hypercorn_config = pytest.importorskip("hypercorn.config")
 from aioexclusive import AddressInUseError, ExclusivityError  # noqa: E402
 from ix_support import (  # noqa: E402
     LOOPBACK_HOSTS,
+    HAVE_IPV6,
+    HAVE_UVLOOP,
+    LiveUnixServer,
+    ServerProcess as _ServerProcess,
     HERE,
     PY,
     ServerProcess,
@@ -191,3 +195,123 @@ def test_fd_socket_is_audited(no_fd_leak) -> None:  # type: ignore[no-untyped-de
         assert shared.getsockname()[1] > 0  # the caller's socket is still open
     finally:
         shared.close()
+
+
+# -- a failed start leaves no socket file of its own (issue 14.11) -------------------
+
+
+def test_failed_unix_start_removes_its_own_earlier_file(sock_path: str, no_fd_leak) -> None:  # type: ignore[no-untyped-def]
+    first = sock_path + ".a"
+    with LiveUnixServer(sock_path) as live:
+        config = ExclusiveConfig()
+        config.bind = [f"unix:{first}", f"unix:{sock_path}"]
+        with pytest.raises(AddressInUseError):
+            config.create_sockets()
+        assert not os.path.exists(first), "the failed start left its own socket file behind"
+        assert live.answers()
+    assert not [n for n in os.listdir(os.path.dirname(sock_path)) if n.endswith(".stale")]
+
+
+# -- "[::]:P" stays dual-stack, exclusively (issue 12.10) -------------------------------
+
+
+@pytest.mark.skipif(not HAVE_IPV6, reason="no IPv6 here")
+def test_wildcard_v6_keeps_hypercorns_dual_stack(other_user_attacker) -> None:  # type: ignore[no-untyped-def]
+    plain = hypercorn_config.Config()
+    plain.bind = ["[::]:0"]
+    theirs = plain.create_sockets()
+    try:
+        (sock,) = theirs.insecure_sockets
+        expected = sock.getsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY)
+    finally:
+        _close(theirs)
+    config = ExclusiveConfig()
+    config.bind = ["[::]:0"]
+    sockets = config.create_sockets()
+    try:
+        (sock,) = sockets.insecure_sockets
+        port = sock.getsockname()[1]
+        assert sock.getsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY) == expected
+        assert_attacker_cannot_listen(other_user_attacker, "127.0.0.1", port)
+        assert_attacker_cannot_listen(other_user_attacker, "::1", port)
+        if expected == 0:
+            with socket.create_connection(("127.0.0.1", port), timeout=10):
+                sock.setblocking(True)
+                sock.settimeout(10)
+                sock.accept()[0].close()
+    finally:
+        _close(sockets)
+
+
+# -- QUIC and an application that calls uvloop.install() (issue 12.11) -------------------
+
+QUIC_APP = """
+import uvloop
+
+uvloop.install()  # what some applications do at import time
+
+
+async def app(scope, receive, send):
+    if scope["type"] == "lifespan":
+        while True:
+            message = await receive()
+            if message["type"] == "lifespan.startup":
+                await send({"type": "lifespan.startup.complete"})
+            elif message["type"] == "lifespan.shutdown":
+                await send({"type": "lifespan.shutdown.complete"})
+                return
+"""
+
+QUIC_RUNNER = """
+import sys
+sys.path.insert(0, sys.argv[1])
+from hypercorn.run import run
+from aioexclusive.contrib.hypercorn import ExclusiveConfig
+
+config = ExclusiveConfig()
+config.application_path = "quic_app:app"
+config.bind = ["127.0.0.1:0"]
+config.quic_bind = ["127.0.0.1:0"]
+config.certfile, config.keyfile = sys.argv[2], sys.argv[3]
+config.worker_class = "asyncio"  # the setting says asyncio; the loop will be uvloop
+config.workers = 0
+config.accesslog = config.errorlog = "-"
+run(config)
+"""
+
+
+@pytest.fixture(scope="module")
+def tls_files(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, str]:
+    import shutil
+    import subprocess
+
+    if shutil.which("openssl") is None:
+        pytest.skip("needs the openssl command for a test certificate")
+    where = tmp_path_factory.mktemp("tls")
+    cert, key = str(where / "cert.pem"), str(where / "key.pem")
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", key, "-out", cert,
+         "-days", "1", "-subj", "/CN=localhost"],
+        check=True, capture_output=True,
+    )
+    return cert, key
+
+
+@pytest.mark.skipif(not HAVE_UVLOOP, reason="uvloop is not installed")
+def test_quic_refused_when_the_app_installs_uvloop(tls_files, tmp_path, other_user_attacker) -> None:  # type: ignore[no-untyped-def]
+    (tmp_path / "quic_app.py").write_text(QUIC_APP)
+    (tmp_path / "runner.py").write_text(QUIC_RUNNER)
+    with _ServerProcess([PY, str(tmp_path / "runner.py"), str(tmp_path), *tls_files]) as server:
+        match = None
+        try:
+            match = server.wait_for(r"Running on https://127\.0\.0\.1:(\d+) \(QUIC\)")
+        except AssertionError:
+            pass  # exited without serving QUIC: the refusal, checked below
+        if match is not None:
+            # Serving QUIC on a plain uvloop loop: libuv turned SO_REUSEADDR back on.
+            result = other_user_attacker.try_bind("udp", 4, "127.0.0.1", int(match.group(1)), ("SO_REUSEADDR",))
+            other_user_attacker.collect(wait=0)
+            assert not result.ok, "uid 65534 bound the QUIC port next to hypercorn's socket"
+            pytest.fail("QUIC was served on a plain uvloop loop")
+        assert server.wait_exit() != 0
+    assert "ExclusivityError" in server.output and "uvloop" in server.output, server.output
