@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import socket
 import sys
 
@@ -16,6 +17,7 @@ from aioexclusive import AddressInUseError, ExclusivityError  # noqa: E402
 from ix_support import (  # noqa: E402
     EXAMPLES,
     PY,
+    LiveUnixServer,
     ServerProcess,
     assert_attacker_cannot_listen,
     assert_exclusive_answer,
@@ -115,3 +117,15 @@ def test_contrib_run_app_serves_a_unix_path(sock_path: str) -> None:
         assert status == 200
         assert_exclusive_answer(body)
     assert server.proc.returncode == 0, server.output
+
+
+def test_contrib_run_app_failed_start_removes_its_own_earlier_path(sock_path: str, no_fd_leak) -> None:  # type: ignore[no-untyped-def]
+    """run_app(path=[a, b]) with a live server (another process) at b: b is refused, and a must not stay behind."""
+    from aioexclusive.contrib.aiohttp import run_app
+
+    first = sock_path + ".a"
+    with LiveUnixServer(sock_path) as live:
+        with pytest.raises(AddressInUseError):
+            run_app(web.Application(), path=[first, sock_path])
+        assert not os.path.exists(first), "the failed start left its own socket file behind"
+        assert live.answers()
