@@ -161,6 +161,11 @@ def type_of_libuv_loop(loop: object) -> bool:
     )
 
 
+def _own_getaddrinfo(loop: Any) -> bool:
+    """Is ``loop.getaddrinfo`` asyncio's own (not replaced on the instance or in a subclass)?"""
+    return "getaddrinfo" not in vars(loop) and getattr(type(loop), "getaddrinfo", None) is asyncio.BaseEventLoop.getaddrinfo
+
+
 def _is_ip_literal(host: bytes) -> bool:
     # A scoped IPv6 literal ("fe80::1%eth0") counts: the C library answers it
     # without DNS, while uvloop's public getaddrinfo fast path drops its scope id.
@@ -216,9 +221,10 @@ async def resolve(
     ensure_resolved = getattr(loop, "_ensure_resolved", None)
     infos: list[Any]
     if isinstance(loop, asyncio.BaseEventLoop) and ensure_resolved is not None:
-        if host is None:
+        if host is None and _own_getaddrinfo(loop):
             # The wildcard involves no DNS: asyncio's executor round trip
-            # would call this same getaddrinfo with these same arguments.
+            # would call this same getaddrinfo with these same arguments
+            # (unless the program replaced loop.getaddrinfo: then it is asked).
             infos = socket.getaddrinfo(host, port, family, type, proto, flags)
         else:
             infos = await ensure_resolved((host, port), family=family, type=type, proto=proto, flags=flags, loop=loop)

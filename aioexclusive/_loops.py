@@ -404,7 +404,8 @@ class ExclusiveLoopMixin:
             # base loop's own test and words (uvloop also takes a list).
             name = ("local_addr", "remote_addr")[index]
             if stdlib and not (isinstance(addr, tuple) and len(addr) == 2):
-                raise TypeError("2-tuple is expected")
+                # An assert in asyncio before 3.11, a TypeError since.
+                raise (TypeError if sys.version_info >= (3, 11) else AssertionError)("2-tuple is expected")
             if not stdlib and not (isinstance(addr, (tuple, list)) and len(addr) == 2):
                 raise TypeError(f"{name} must be a tuple of (host, port)")
             for fam, _, pro, _, sockaddr in await resolve(

@@ -633,6 +633,16 @@ def test_cancellation_at_every_await_leaves_nothing(base: str, kind: str) -> Non
 
     async def attempt(iterations: int) -> bool:
         loop = asyncio.get_running_loop()
+        # Warm up (a loop opens some descriptors on first use), then count while the loop
+        # runs: closing the loop would close a leaked transport and hide it.
+        # (libuv opens /dev/null as its spare descriptor at the first listen.)
+        warm = await loop.create_datagram_endpoint(asyncio.DatagramProtocol, ("127.0.0.1", 0))
+        warm[0].close()
+        warm_server = await loop.create_server(asyncio.Protocol, "127.0.0.1", 0)
+        warm_server.close()
+        await warm_server.wait_closed()
+        await asyncio.sleep(0)
+        before = open_fds()
         if kind.startswith("server"):
             hosts = ["127.0.0.1", "::1"] if kind == "server-two" and HAVE_IPV6 else "127.0.0.1"
             task = asyncio.ensure_future(loop.create_server(asyncio.Protocol, hosts, 0))
@@ -656,6 +666,7 @@ def test_cancellation_at_every_await_leaves_nothing(base: str, kind: str) -> Non
                 made[0].close()
         for _ in range(3):
             await asyncio.sleep(0)
+        assert open_fds() - before == set(), f"fd left open after cancelling at iteration {iterations}"
         # Health: a new server on this loop accepts a connection.
         accepted = loop.create_future()
 
@@ -739,3 +750,23 @@ def test_no_usable_address_follows_the_running_python() -> None:
         assert plain[1] is OSError and "could not bind on any address" in plain[2]
     else:
         assert plain[1] is OSError and errno.errorcode[errno.EADDRNOTAVAIL] != ""
+
+
+def test_a_replaced_getaddrinfo_is_asked_for_the_wildcard() -> None:
+    """Found by CPython's test_create_server_empty_host: a program's own loop.getaddrinfo answers for host None too."""
+
+    async def call() -> Any:
+        loop = asyncio.get_running_loop()
+        asked: list[Any] = []
+
+        async def resolver(host: Any, port: Any, **kw: Any) -> Any:
+            asked.append(host)
+            return socket.getaddrinfo("127.0.0.1", port, socket.AF_INET, socket.SOCK_STREAM)
+
+        loop.getaddrinfo = resolver
+        summary = await _server_summary(await loop.create_server(asyncio.Protocol, "", 0), None)
+        return asked, summary
+
+    plain, exclusive = both("asyncio", call)
+    assert plain == exclusive
+    assert plain[1][0] == [None]
