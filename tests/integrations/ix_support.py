@@ -276,7 +276,7 @@ class LiveUnixServer:
         self.proc.stdin.close()
         self.proc.stdout.close()
 
-    def __enter__(self) -> "LiveUnixServer":
+    def __enter__(self) -> LiveUnixServer:
         return self
 
     def __exit__(self, *exc: Any) -> None:
