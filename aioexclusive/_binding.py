@@ -297,6 +297,49 @@ def audit_socket(sock: Any, plan: BindPlan) -> None:
     audit_socket_options(plan, read_sharing_options(sock), address=address)
 
 
+_SO_DOMAIN = getattr(socket, "SO_DOMAIN", None)
+_SO_TYPE = getattr(socket, "SO_TYPE", None)
+
+
+def kernel_kind(sock: Any) -> tuple[int, int]:
+    """(family, type) of *sock* as the kernel knows it, not as the object says.
+
+    A Python socket object can lie: ``socket.fromfd(fd, AF_UNIX, SOCK_STREAM)``
+    or ``socket.socket(AF_UNIX, fileno=fd)`` around an AF_INET socket (uvicorn's
+    ``--fd`` wraps its inherited socket exactly so) reports AF_UNIX, and an
+    audit that trusted it would wave a shareable TCP socket through. Linux
+    answers ``SO_DOMAIN``/``SO_TYPE``; elsewhere the object's word is all there is.
+    """
+    family = int(getattr(sock, "family", 0))
+    kind = int(getattr(sock, "type", 0))
+    if _SO_DOMAIN is not None and _SO_TYPE is not None:
+        try:
+            family = sock.getsockopt(socket.SOL_SOCKET, _SO_DOMAIN)
+            kind = sock.getsockopt(socket.SOL_SOCKET, _SO_TYPE)
+        except (OSError, AttributeError, TypeError):
+            pass
+    return family, kind
+
+
+def listen_at_adoption(sock: Any, backlog: int, role: Role) -> None:
+    """Listen on a caller's TCP socket now, as the loop does with its own.
+
+    A socket bound with ``SO_REUSEADDR`` but not listening can be bound by
+    another socket with ``SO_REUSEADDR`` too, and whichever listens first gets
+    every connection (Linux): adopted with ``start_serving=False`` it would
+    stay open to that until ``start_serving()``. ``listen`` on a socket that
+    already listens only changes its backlog, which the base loop does anyway.
+    """
+    try:
+        sock.listen(backlog)
+    except OSError as exc:
+        try:
+            address = sock.getsockname()
+        except OSError:
+            address = None
+        raise translate_bind_error(exc, role, address) from exc
+
+
 def clear_forbidden_options(sock: Any, plan: BindPlan) -> list[str]:
     """Switch off any option the plan forbids that a base loop turned on; return their names."""
     cleared = []

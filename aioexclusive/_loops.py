@@ -23,11 +23,15 @@ from ._binding import (
     check_port,
     clear_forbidden_options,
     hosts_of,
-    numeric_addrinfo,
+    kernel_kind,
+    listen_at_adoption,
     new_socket,
+    numeric_addrinfo,
     open_bound_sockets,
     resolve,
+    translate_bind_error,
 )
+from ._errors import ExclusivityError, is_address_in_use
 from ._plan import BindPlan, Role, make_plan
 from ._server import MultiServer
 
@@ -93,10 +97,6 @@ class LoopOptions:
         return cls(**options)
 
 
-def _dgram_family(sock: Any) -> int:
-    return int(getattr(sock, "family", 0))
-
-
 class ExclusiveLoopMixin:
     """Overrides the listening paths of an asyncio event loop; see the module docstring.
 
@@ -104,8 +104,9 @@ class ExclusiveLoopMixin:
     """
 
     _exclusive_options: ClassVar[LoopOptions] = LoopOptions()
-    # Does the base loop make adopted UDP sockets shareable (libuv on POSIX)?
-    _exclusive_adoption_shares_udp: ClassVar[bool] = False
+    # Is the base libuv on POSIX, which turns SO_REUSEADDR on by itself: on UDP
+    # sockets it adopts (uv_udp_open) and on TCP sockets it binds (uv__tcp_bind)?
+    _exclusive_libuv_sets_reuse: ClassVar[bool] = False
 
     @property
     def exclusive_options(self) -> LoopOptions:
@@ -169,15 +170,17 @@ class ExclusiveLoopMixin:
         if sock is not None:
             if host is not None or port is not None:
                 raise ValueError("host/port and sock can not be specified at the same time")
-            if getattr(sock, "type", None) == socket.SOCK_STREAM and _dgram_family(sock) in (
-                socket.AF_INET,
-                socket.AF_INET6,
-            ):
+            kernel_family, kernel_type = kernel_kind(sock)
+            if kernel_type == socket.SOCK_STREAM and kernel_family in (socket.AF_INET, socket.AF_INET6):
+                # Judged by what the kernel says the socket is (kernel_kind).
                 # With allow_reuse_port the caller may hand over a socket it shares on
                 # purpose. reuse_port=True itself is ignored with sock=, as asyncio
                 # ignores it: the audit judges the socket as it is.
                 shared_ok = self._allow_shared_sock()
-                audit_socket(sock, self._plan(Role.TCP_LISTENER, reuse_port=shared_ok))
+                plan = self._plan(Role.TCP_LISTENER, reuse_port=shared_ok)
+                audit_socket(sock, plan)
+                self._exclusive_check_open()
+                listen_at_adoption(sock, backlog, plan.role)
             server: asyncio.AbstractServer = await base_create_server(
                 protocol_factory, sock=sock, backlog=backlog, start_serving=start_serving, **tls
             )
@@ -323,9 +326,8 @@ class ExclusiveLoopMixin:
             )
         base_create = super().create_datagram_endpoint  # type: ignore[misc]
         inet = (socket.AF_INET, socket.AF_INET6)
-        is_unix = family == getattr(socket, "AF_UNIX", None) or (
-            sock is not None and _dgram_family(sock) not in inet
-        )
+        sock_kind = kernel_kind(sock) if sock is not None else None
+        is_unix = family == getattr(socket, "AF_UNIX", None) or (sock_kind is not None and sock_kind[0] not in inet)
         extra = {} if reuse_address is _UNSET else {"reuse_address": reuse_address}
         plan = self._plan(
             Role.UDP_UNICAST, reuse_address=reuse_address is True, reuse_port=reuse_port, address=local_addr
@@ -335,13 +337,21 @@ class ExclusiveLoopMixin:
             # With allow_reuse_port the caller may hand over a socket it shares on purpose.
             plan = self._plan(Role.UDP_UNICAST, reuse_port=self._allow_shared_sock())
             factory = protocol_factory
-            if not is_unix and getattr(sock, "type", None) == socket.SOCK_DGRAM:
+            if not is_unix and sock_kind is not None and sock_kind[1] == socket.SOCK_DGRAM:
                 audit_socket(sock, plan)
-                if self._exclusive_adoption_shares_udp:
-                    # The caller bound it already, so uv_udp_open makes it shareable;
-                    # undo that in the factory, which uvloop calls right after
-                    # uv_udp_open in the same synchronous step, before the loop
-                    # runs again. Pass local_addr instead to leave no window at all.
+                if self._exclusive_libuv_sets_reuse:
+                    if _is_bound(sock):
+                        # uv_udp_open turns SO_REUSEADDR on before any code of ours
+                        # runs again: for that moment any user's SO_REUSEADDR socket
+                        # can join the port, and a process looping on bind does.
+                        raise ExclusivityError(
+                            "uvloop makes a bound UDP socket passed as sock= shareable by every user "
+                            "(libuv's uv_udp_open sets SO_REUSEADDR on it) before it can be switched off; "
+                            "pass local_addr=(host, port) instead, and the exclusive loop binds it with no window"
+                        )
+                    # Unbound: uv_udp_open's option is switched off in the factory,
+                    # which uvloop calls before the loop runs again, and before
+                    # anything can bind the socket.
                     factory = functools.partial(_clear_then_build, sock, plan, protocol_factory)
             return await base_create(  # type: ignore[no-any-return]
                 factory,
@@ -404,8 +414,7 @@ class ExclusiveLoopMixin:
             # base loop's own test and words (uvloop also takes a list).
             name = ("local_addr", "remote_addr")[index]
             if stdlib and not (isinstance(addr, tuple) and len(addr) == 2):
-                # An assert in asyncio before 3.11, a TypeError since.
-                raise (TypeError if sys.version_info >= (3, 11) else AssertionError)("2-tuple is expected")
+                raise TypeError("2-tuple is expected")
             if not stdlib and not (isinstance(addr, (tuple, list)) and len(addr) == 2):
                 raise TypeError(f"{name} must be a tuple of (host, port)")
             for fam, _, pro, _, sockaddr in await resolve(
@@ -433,6 +442,10 @@ class ExclusiveLoopMixin:
         allow_broadcast: bool,
     ) -> tuple[asyncio.BaseTransport, asyncio.BaseProtocol]:
         """One UDP socket made by the plan, bound, connected, and adopted by the base loop."""
+        if self._exclusive_libuv_sets_reuse and remote is not None and not plan.set:
+            return await self._exclusive_connected_datagram_by_libuv(
+                protocol_factory, plan, family, proto, local, remote, allow_broadcast
+            )
         sock = new_socket(family, socket.SOCK_DGRAM, proto, plan, strict=self._exclusive_options.strict, address=local)
         try:
             if allow_broadcast:
@@ -445,7 +458,7 @@ class ExclusiveLoopMixin:
             # shareable. A connected endpoint must be connected before adoption
             # (libuv records that at open time); it is bound first and cleaned
             # in the same synchronous step, before the loop runs again.
-            deferred = self._exclusive_adoption_shares_udp and local is not None and remote is None
+            deferred = self._exclusive_libuv_sets_reuse and local is not None and remote is None
             if local is not None and not deferred:
                 bind_now(sock, local, plan.role)
             # asyncio leaves a broadcast endpoint unconnected (replies to a
@@ -458,6 +471,59 @@ class ExclusiveLoopMixin:
         return await self._exclusive_adopt_datagram(
             protocol_factory, sock, plan, remote=remote, bind_later=local if deferred else None
         )
+
+    async def _exclusive_connected_datagram_by_libuv(
+        self,
+        protocol_factory: Callable[[], asyncio.BaseProtocol],
+        plan: BindPlan,
+        family: int,
+        proto: int,
+        local: Any,
+        remote: Any,
+        allow_broadcast: bool,
+    ) -> tuple[asyncio.BaseTransport, asyncio.BaseProtocol]:
+        """A connected UDP endpoint on uvloop, made by uvloop itself.
+
+        libuv records "connected" when it adopts a socket, so a connected
+        endpoint cannot be bound after adoption, and adopting a bound socket
+        makes it shareable (uv_udp_open sets SO_REUSEADDR) until we switch that
+        off: a window another process looping on bind lands in. uvloop's own
+        local_addr/remote_addr path creates the socket in libuv and binds it
+        with no reuse flag (uv_udp_bind(..., 0)), which is what the plan asks
+        for on POSIX (nothing set, nothing shareable), so it is used as is,
+        with the addresses already resolved.
+        """
+        if local is not None and local[1]:
+            # uvloop leaves its half-made transport open when its bind fails;
+            # find a conflict first, with a socket of ours, so that failure is
+            # ours to report (AddressInUseError) and leaves nothing behind.
+            probe = new_socket(family, socket.SOCK_DGRAM, proto, plan, address=local)
+            try:
+                bind_now(probe, local, plan.role)
+            finally:
+                probe.close()
+        building = asyncio.ensure_future(
+            super().create_datagram_endpoint(  # type: ignore[misc]
+                protocol_factory,
+                local_addr=None if local is None else _host_port_pair(local),
+                remote_addr=_host_port_pair(remote),
+                family=family,
+                proto=proto,
+                allow_broadcast=allow_broadcast or None,
+            )
+        )
+        try:
+            transport, protocol = await asyncio.shield(building)
+        except asyncio.CancelledError:
+            # uvloop makes the transport before its last await: close what it made.
+            building.add_done_callback(_close_transport_of)
+            raise
+        except OSError as exc:
+            cause = exc.__cause__
+            if isinstance(cause, OSError) and is_address_in_use(cause):
+                raise translate_bind_error(cause, plan.role, local) from exc
+            raise
+        return transport, protocol
 
     async def _exclusive_adopt_datagram(
         self,
@@ -493,7 +559,7 @@ class ExclusiveLoopMixin:
                 transport.close()
                 raise
             return transport, protocol
-        if not self._exclusive_adoption_shares_udp:
+        if not self._exclusive_libuv_sets_reuse:
             try:
                 transport, protocol = await super().create_datagram_endpoint(  # type: ignore[misc]
                     protocol_factory, sock=sock
@@ -554,9 +620,12 @@ class ExclusiveLoopMixin:
         # A list, or (host, port, flowinfo, scope_id), as the base loops take it.
         check_port(local_addr[1], "local_addr port")
         plan = self._plan(Role.FIXED_PORT_CLIENT, address=local_addr)
-        if not local_addr[1] or not plan.set:
+        if not local_addr[1] or not (plan.set or self._exclusive_libuv_sets_reuse):
             # An ephemeral port is the kernel's to pick, and on POSIX the plan
-            # only forbids SO_REUSEPORT, which no base loop sets on a client.
+            # only forbids SO_REUSEPORT, which asyncio never sets on a client.
+            # libuv's TCP bind (uv__tcp_bind) always sets SO_REUSEADDR, so under
+            # uvloop another user could bind and listen on a connected client's
+            # port: there the socket is bound here, by the plan.
             return await base_connect(protocol_factory, host, port, **kwargs)  # type: ignore[no-any-return]
         sock = await self._exclusive_connect_from_fixed_port(plan, host, port, local_addr, kwargs)
         passed = {k: v for k, v in kwargs.items() if k in ("ssl", "ssl_handshake_timeout", "ssl_shutdown_timeout")}
@@ -646,6 +715,27 @@ def _close_built(sock: socket.socket, building: asyncio.Future[Any]) -> None:
         sock.close()
 
 
+def _is_bound(sock: Any) -> bool:
+    try:
+        address = sock.getsockname()
+    except OSError:
+        return False
+    return isinstance(address, tuple) and len(address) >= 2 and bool(address[1])
+
+
+def _host_port_pair(sockaddr: Any) -> tuple[str, int]:
+    """A resolved sockaddr as the (host, port) pair uvloop takes, scope id kept in the host."""
+    host, port = sockaddr[0], sockaddr[1]
+    if len(sockaddr) >= 4 and sockaddr[3]:
+        host = f"{host}%{sockaddr[3]}"
+    return host, port
+
+
+def _close_transport_of(building: asyncio.Future[Any]) -> None:
+    if not building.cancelled() and building.exception() is None:
+        building.result()[0].close()
+
+
 def _clear_then_build(
     sock: socket.socket, plan: BindPlan, protocol_factory: Callable[[], asyncio.BaseProtocol]
 ) -> asyncio.BaseProtocol:
@@ -720,8 +810,9 @@ def exclusive_loop_class(base: type) -> type:
             "__module__": __name__,
             "__doc__": f"{base.__module__}.{base.__qualname__} with every listening socket bound exclusively.",
             # libuv's uv_udp_open sets SO_REUSEADDR/SO_REUSEPORT on adopted UDP
-            # sockets on POSIX (src/unix/udp.c); its Windows code does not.
-            "_exclusive_adoption_shares_udp": base.__module__.partition(".")[0] == "uvloop",
+            # sockets on POSIX (src/unix/udp.c), uv__tcp_bind SO_REUSEADDR on TCP
+            # (src/unix/tcp.c); its Windows code does neither.
+            "_exclusive_libuv_sets_reuse": base.__module__.partition(".")[0] == "uvloop",
         }
         cls = type(f"Exclusive{base.__name__.lstrip('_')}", (ExclusiveLoopMixin, base), attrs)
         _CLASSES[base] = cls

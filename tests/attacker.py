@@ -12,6 +12,7 @@ import json
 import os
 import select
 import socket
+import sys
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -110,6 +111,34 @@ def _serve(conn: socket.socket) -> None:
                 reply["ok"] = True
                 sock.setblocking(False)
                 held = sock
+        elif op == "race":
+            # A process looping on bind: lands in any window, however short, in
+            # which the port is shareable. Each success is held for *hold* s.
+            landed = tries = shared = 0
+            deadline = time.monotonic() + cmd["duration"]
+            fam = _family(cmd["family"])
+            kind_ = socket.SOCK_STREAM if cmd["proto"] == "tcp" else socket.SOCK_DGRAM
+            while time.monotonic() < deadline:
+                tries += 1
+                racer = socket.socket(fam, kind_)
+                try:
+                    for name in cmd["options"]:
+                        racer.setsockopt(socket.SOL_SOCKET, getattr(socket, name), 1)
+                    racer.bind((cmd["host"], cmd["port"]))
+                except OSError:
+                    pass
+                else:
+                    landed += 1
+                    # Alone on the port (it was free), or next to the victim?
+                    # The kernel's table says; a co-bind is what we are after.
+                    if _sockets_on_port(cmd["proto"], cmd["port"]) > 1:
+                        shared += 1
+                    time.sleep(cmd["hold"])
+                finally:
+                    racer.close()
+                if cmd.get("pause"):
+                    time.sleep(cmd["pause"])
+            reply = {"landed": landed, "tries": tries, "shared": shared}
         elif op == "collect":
             count = 0
             if held is not None:
@@ -135,6 +164,22 @@ def _serve(conn: socket.socket) -> None:
         else:
             break
         conn.sendall(json.dumps(reply).encode() + b"\n")
+
+
+def _sockets_on_port(proto: str, port: int) -> int:
+    """How many IPv4 sockets /proc/net lists on 127.0.0.1:*port* or 0.0.0.0:*port* (what conflicts with ours)."""
+    wanted = {"0100007F:%04X" % port, "00000000:%04X" % port}
+    if sys.byteorder == "big":  # /proc prints the address as a host-order word
+        wanted = {"7F000001:%04X" % port, "00000000:%04X" % port}
+    try:
+        with open(f"/proc/net/{proto}") as f:
+            next(f)
+            # Distinct inodes: the kernel prints the table in chunks, and a
+            # socket added or removed between two chunks can make another
+            # appear twice.
+            return len({fields[9] for fields in map(str.split, f) if fields[1] in wanted})
+    except OSError:
+        return 0
 
 
 class Attacker:
@@ -182,6 +227,28 @@ class Attacker:
             prime_v6only=prime_v6only, family=family, host=host,
         )
         return BindResult(r["ok"], r.get("errno"), r.get("stage")), str(r.get("prime"))
+
+    def start_race(
+        self,
+        proto: str,
+        family: int,
+        host: str,
+        port: int,
+        options: tuple[str, ...],
+        duration: float,
+        hold: float,
+        pause: float = 0.0,
+    ) -> None:
+        """Start binding in a loop for *duration* seconds; `finish_race` returns the counts."""
+        cmd = dict(op="race", proto=proto, family=family, host=host, port=port, options=list(options),
+                   duration=duration, hold=hold, pause=pause)
+        self._conn.sendall(json.dumps(cmd).encode() + b"\n")
+
+    def finish_race(self) -> dict[str, int]:
+        line = self._rfile.readline()
+        if not line:
+            raise RuntimeError("the attacker process died")
+        return json.loads(line)  # type: ignore[no-any-return]
 
     def collect(self, wait: float = 0.3) -> int:
         """How many connections/datagrams the attacker's socket got; closes it."""

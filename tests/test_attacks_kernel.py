@@ -15,7 +15,7 @@ import sys
 
 import pytest
 from attacker import Attacker, send_traffic
-from harness import needs_ipv6, run, run_plain
+from harness import HAVE_UVLOOP, needs_ipv6, run, run_plain
 from services import LOOPBACK, WILDCARD, open_service
 
 import aioexclusive
@@ -175,3 +175,262 @@ def test_other_family_already_taken_by_someone_else_is_refused_loudly(same_user_
             run(scenario(), base)
     finally:
         same_user_attacker.collect(wait=0)
+
+
+# -- 2. uvloop UDP: libuv's uv_udp_open makes an adopted bound socket shareable -------------------
+
+RACE_SECONDS = 1.5
+# The racer sleeps this long between binds, so that our endpoints get the port
+# often enough to be tested; it still tries thousands of times per second.
+RACE_PAUSE = float(os.environ.get("AIOEXCLUSIVE_RACE_PAUSE", "0.0002"))
+
+
+def _free_udp_port() -> int:
+    probe = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    probe.bind(("127.0.0.1", 0))
+    port = int(probe.getsockname()[1])
+    probe.close()
+    return port
+
+
+def _co_bound(port: int) -> bool:
+    from aioexclusive._procnet import read_sockets
+
+    # Distinct inodes: the table is printed in chunks and can repeat a socket.
+    inodes = {s.inode for s in read_sockets(("udp",), ports=[port]) if s.address in ("127.0.0.1", "0.0.0.0")}
+    return len(inodes) > 1
+
+
+async def _race(attacker: Attacker, port: int, open_endpoint) -> dict[str, int]:  # type: ignore[no-untyped-def]
+    """Open and close endpoints on *port* while *attacker* loops on bind(SO_REUSEADDR)."""
+    loop = asyncio.get_running_loop()
+    attacker.start_race("udp", 4, "127.0.0.1", port, ("SO_REUSEADDR",), RACE_SECONDS, hold=0.0, pause=RACE_PAUSE)
+    counts = {"opened": 0, "refused": 0, "co_bound": 0}
+    deadline = loop.time() + RACE_SECONDS
+    try:
+        while loop.time() < deadline:
+            try:
+                transport = await open_endpoint()
+            except OSError:
+                # The attacker held the free port between two of our endpoints:
+                # a loud refusal (AddressInUseError), never a share.
+                counts["refused"] += 1
+                await asyncio.sleep(0)
+                continue
+            counts["opened"] += 1
+            if _co_bound(port):
+                counts["co_bound"] += 1
+            transport.close()
+            await asyncio.sleep(0)
+    finally:
+        counts.update(attacker.finish_race())
+    return counts
+
+
+# uvloop leaves its own half-made transport to the garbage collector (with a
+# ResourceWarning) when its bind fails, which the racer makes happen often in
+# the connected case: a loud OSError all the same, never a share.
+@pytest.mark.filterwarnings("ignore::ResourceWarning", "ignore::pytest.PytestUnraisableExceptionWarning")
+@pytest.mark.skipif(not HAVE_UVLOOP, reason="uvloop is not installed")
+@pytest.mark.parametrize("connected", [False, True], ids=["local_addr", "local_and_remote_addr"])
+def test_uvloop_udp_endpoint_never_shareable_under_a_racing_attacker(
+    other_user_attacker: Attacker, connected: bool
+) -> None:
+    port = _free_udp_port()
+
+    async def scenario() -> dict[str, int]:
+        loop = asyncio.get_running_loop()
+        remote = ("127.0.0.1", 9) if connected else None
+
+        async def open_endpoint():  # type: ignore[no-untyped-def]
+            transport, _ = await loop.create_datagram_endpoint(
+                asyncio.DatagramProtocol, local_addr=("127.0.0.1", port), remote_addr=remote
+            )
+            return transport
+
+        return await _race(other_user_attacker, port, open_endpoint)
+
+    counts = run(scenario(), "uvloop")
+    assert counts["opened"] > 20, counts
+    assert counts["co_bound"] == 0 and counts["shared"] == 0, f"another user co-bound a uvloop UDP endpoint: {counts}"
+
+
+@pytest.mark.skipif(not HAVE_UVLOOP, reason="uvloop is not installed")
+def test_control_racing_attacker_lands_in_the_uv_udp_open_window(other_user_attacker: Attacker) -> None:
+    """What the previous version did (adopt a bound socket, switch SO_REUSEADDR off in the factory): the racer wins."""
+    port = _free_udp_port()
+
+    async def scenario() -> dict[str, int]:
+        loop = asyncio.get_running_loop()
+
+        async def open_endpoint():  # type: ignore[no-untyped-def]
+            sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                sock.close()
+                raise
+
+            def factory() -> asyncio.DatagramProtocol:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 0)
+                return asyncio.DatagramProtocol()
+
+            transport, _ = await loop.create_datagram_endpoint(factory, sock=sock)
+            return transport
+
+        return await _race(other_user_attacker, port, open_endpoint)
+
+    counts = run_plain(scenario(), "uvloop")
+    assert counts["co_bound"] + counts["shared"] > 0, f"control: the racer never landed in the window: {counts}"
+
+
+@pytest.mark.skipif(not HAVE_UVLOOP, reason="uvloop is not installed")
+def test_uvloop_refuses_a_bound_udp_sock_and_names_local_addr() -> None:
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sock.bind(("127.0.0.1", 0))
+
+    async def scenario() -> None:
+        await asyncio.get_running_loop().create_datagram_endpoint(asyncio.DatagramProtocol, sock=sock)
+
+    try:
+        with pytest.raises(aioexclusive.ExclusivityError, match="local_addr"):
+            run(scenario(), "uvloop")
+        assert sock.fileno() != -1, "a refused sock= stays the caller's"
+    finally:
+        sock.close()
+
+
+# -- 3. the sock= audit asks the kernel, not the Python object ----------------------------------
+
+
+def _liar(real: socket.socket, kind: int) -> socket.socket:
+    """What uvicorn's --fd does: an AF_UNIX object around the caller's inet socket."""
+    return socket.socket(socket.AF_UNIX, kind, 0, os.dup(real.fileno()))
+
+
+@pytest.mark.parametrize("family", [4, pytest.param(6, marks=needs_ipv6)])
+@pytest.mark.parametrize("proto", ["tcp", "udp"])
+def test_audit_reads_the_kernel_not_the_object(same_user_attacker: Attacker, base: str, proto: str, family: int) -> None:
+    kind = socket.SOCK_STREAM if proto == "tcp" else socket.SOCK_DGRAM
+    option = socket.SO_REUSEPORT if proto == "tcp" else socket.SO_REUSEADDR
+    real = socket.socket(socket.AF_INET6 if family == 6 else socket.AF_INET, kind)
+    real.setsockopt(socket.SOL_SOCKET, option, 1)
+    real.bind((LOOPBACK[family], 0))
+    if proto == "tcp":
+        real.listen()
+    port = real.getsockname()[1]
+    liar = _liar(real, kind) if family == 4 else real  # an IPv6 socket that tells the truth, too
+    try:
+        # The socket is shareable: a same-user attacker co-binds it.
+        shared = same_user_attacker.try_bind(proto, family, LOOPBACK[family], port, ("SO_REUSEADDR", "SO_REUSEPORT"))
+        same_user_attacker.collect(wait=0)
+        assert shared.ok, f"control: the socket under test should be shareable, got {shared}"
+
+        async def scenario() -> None:
+            loop = asyncio.get_running_loop()
+            if proto == "tcp":
+                await loop.create_server(asyncio.Protocol, sock=liar)
+            else:
+                await loop.create_datagram_endpoint(asyncio.DatagramProtocol, sock=liar)
+
+        with pytest.raises(aioexclusive.ExclusivityError):
+            run(scenario(), base)
+    finally:
+        if liar is not real:
+            liar.close()
+        real.close()
+
+
+# -- 4. a caller's TCP socket bound but not listening is listened on at adoption -----------------
+
+
+def _bound_not_listening(port: int = 0) -> socket.socket:
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind(("127.0.0.1", port))
+    return sock
+
+
+def _listen_first_attack(attacker: Attacker, plain: bool, base: str) -> tuple[object, int, int]:
+    """Adopt a bound, not listening socket with start_serving=False; another user tries to listen first."""
+    from services import Counter, _TCPCounting
+
+    async def scenario() -> tuple[object, int, int]:
+        sock = _bound_not_listening()
+        port = sock.getsockname()[1]
+        counter = Counter()
+        server = await asyncio.get_running_loop().create_server(
+            lambda: _TCPCounting(counter), sock=sock, start_serving=False
+        )
+        try:
+            result = attacker.try_bind("tcp", 4, "127.0.0.1", port, ("SO_REUSEADDR",))
+            # Sent before start_serving: ours wait in our backlog, if ours listens.
+            send_traffic("tcp", 4, "127.0.0.1", port, TRAFFIC)
+            stolen = attacker.collect(wait=0.5)
+            try:
+                await server.start_serving()
+            except OSError:
+                pass  # the plain loop's listen fails once the attacker listens first
+            received = await counter.wait_for(TRAFFIC - stolen, timeout=2.0)
+        finally:
+            server.close()
+            await server.wait_closed()
+        return result, stolen, received
+
+    return (run_plain if plain else run)(scenario(), base)
+
+
+def test_bound_not_listening_sock_cannot_be_listened_on_first(other_user_attacker: Attacker, base: str) -> None:
+    result, stolen, received = _listen_first_attack(other_user_attacker, False, base)
+    assert not result.ok, f"another user listened first on our adopted socket's port: {result}"
+    assert (stolen, received) == (0, TRAFFIC)
+
+
+def test_control_bound_not_listening_sock_is_taken_on_the_plain_loop(other_user_attacker: Attacker, base: str) -> None:
+    result, stolen, _received = _listen_first_attack(other_user_attacker, True, base)
+    assert result.ok, "control: another user should be able to listen first"
+    assert stolen == TRAFFIC
+
+
+# -- 6. uvloop: a client's fixed local port is bound by the plan, not by libuv -------------------
+
+
+def _fixed_port_client_attack(attacker: Attacker, plain: bool) -> tuple[object, int]:
+    port = _free_udp_port()  # any free number; TCP is checked by the bind itself
+
+    async def scenario() -> tuple[object, int]:
+        loop = asyncio.get_running_loop()
+        server = await loop.create_server(asyncio.Protocol, "127.0.0.1", 0)
+        target = server.sockets[0].getsockname()[1]
+        try:
+            transport, _ = await loop.create_connection(
+                asyncio.Protocol, "127.0.0.1", target, local_addr=("127.0.0.1", port)
+            )
+        except OSError:
+            server.close()
+            pytest.skip(f"port {port} was taken meanwhile")
+        try:
+            reuse = transport.get_extra_info("socket").getsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR)
+            result = attacker.try_bind("tcp", 4, "127.0.0.1", port, ("SO_REUSEADDR",))
+            attacker.collect(wait=0)
+        finally:
+            transport.close()
+            server.close()
+            await server.wait_closed()
+        return result, reuse
+
+    return (run_plain if plain else run)(scenario(), "uvloop")
+
+
+@pytest.mark.skipif(not HAVE_UVLOOP, reason="uvloop is not installed")
+def test_uvloop_fixed_port_client_cannot_be_listened_on(other_user_attacker: Attacker) -> None:
+    result, reuse = _fixed_port_client_attack(other_user_attacker, False)
+    assert reuse == 0
+    assert not result.ok, f"another user bound and listened on our client's port: {result}"
+
+
+@pytest.mark.skipif(not HAVE_UVLOOP, reason="uvloop is not installed")
+def test_control_plain_uvloop_fixed_port_client_is_shareable(other_user_attacker: Attacker) -> None:
+    result, reuse = _fixed_port_client_attack(other_user_attacker, True)
+    assert reuse == 1, "control: libuv no longer sets SO_REUSEADDR on a bound TCP client"
+    assert result.ok

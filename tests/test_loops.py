@@ -415,14 +415,18 @@ def test_shareable_sock_is_refused(base: str, kind: int, option: int, no_fd_leak
 
 def test_clean_sock_is_accepted(base: str) -> None:
     async def main() -> tuple[int, int]:
-        sock = aioexclusive.bind_socket(("127.0.0.1", 0), type=socket.SOCK_DGRAM)
+        if base == "uvloop":
+            # A bound one is refused there (uv_udp_open would share it); an
+            # unbound one is adopted, and the option libuv set is off again.
+            sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        else:
+            sock = aioexclusive.bind_socket(("127.0.0.1", 0), type=socket.SOCK_DGRAM)
         transport, _ = await asyncio.get_running_loop().create_datagram_endpoint(asyncio.DatagramProtocol, sock=sock)
         result = opts(transport.get_extra_info("socket"))
         transport.close()
         await asyncio.sleep(0)
         return result
 
-    # On uvloop the adoption turned SO_REUSEADDR on and the loop turned it off again.
     assert run(main(), base) == (0, 0)
 
 
@@ -649,7 +653,7 @@ def test_uvloop_udp_socket_is_never_shareable_while_bound(monkeypatch: pytest.Mo
 @pytest.mark.skipif(not HAVE_UVLOOP, reason="uvloop is not installed")
 def test_uvloop_callers_udp_sock_is_cleaned_before_its_protocol_exists() -> None:
     seen: list[tuple[int, int]] = []
-    sock = aioexclusive.bind_socket(("127.0.0.1", 0), type=socket.SOCK_DGRAM)
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)  # unbound: a bound one is refused on uvloop
 
     def factory() -> asyncio.DatagramProtocol:
         seen.append(opts(sock))
