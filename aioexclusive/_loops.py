@@ -15,7 +15,7 @@ import socket
 import sys
 import warnings
 from dataclasses import dataclass, fields
-from typing import Any, Callable, ClassVar
+from typing import TYPE_CHECKING, Any, Callable, ClassVar, TypeVar
 
 from ._binding import (
     audit_socket,
@@ -97,7 +97,16 @@ class LoopOptions:
         return cls(**options)
 
 
-class ExclusiveLoopMixin:
+if TYPE_CHECKING:
+    # For the type checker the mixin *is* a loop: super() then reaches typed
+    # base methods. At run time it is a plain mixin, put before the real base
+    # class by exclusive_loop_class.
+    _LoopBase = asyncio.BaseEventLoop
+else:
+    _LoopBase = object
+
+
+class ExclusiveLoopMixin(_LoopBase):
     """Overrides the listening paths of an asyncio event loop; see the module docstring.
 
     Mixed in *before* the base loop class, so ``super()`` reaches the base loop.
@@ -124,7 +133,7 @@ class ExclusiveLoopMixin:
 
     # -- TCP servers ---------------------------------------------------------
 
-    async def create_server(
+    async def create_server(  # type: ignore[override]  # one signature for every Python 3.10-3.13 (kwargs added later are checked at run time)
         self,
         protocol_factory: Callable[[], asyncio.BaseProtocol],
         host: Any = None,
@@ -160,10 +169,10 @@ class ExclusiveLoopMixin:
         tls: dict[str, Any] = {"ssl": ssl, "ssl_handshake_timeout": ssl_handshake_timeout}
         if ssl_shutdown_timeout is not _UNSET:
             tls["ssl_shutdown_timeout"] = ssl_shutdown_timeout
-        base_create_server = super().create_server  # type: ignore[misc]
+        base_create_server = super().create_server
         if sock is None and host is None and port is None:
             # Nothing to bind: the base loop's own ValueError, word for word.
-            return await base_create_server(  # type: ignore[no-any-return]
+            return await base_create_server(
                 protocol_factory, backlog=backlog, start_serving=start_serving, **tls
             )
 
@@ -246,7 +255,7 @@ class ExclusiveLoopMixin:
             raise
         if len(servers) == 1:
             return servers[0]
-        return MultiServer(self, servers)  # type: ignore[arg-type]
+        return MultiServer(self, servers)
 
     async def _exclusive_no_socket(
         self,
@@ -267,7 +276,7 @@ class ExclusiveLoopMixin:
                 args.append(tls.get("ssl_shutdown_timeout"))
             server = asyncio.base_events.Server(self, [], protocol_factory, *args)
             if start_serving:
-                server._start_serving()
+                server._start_serving()  # type: ignore[attr-defined]  # asyncio.Server internals, the stdlib base only
             return server
         for cls in type(self).__mro__:
             # uvloop/winloop: their own Server class, empty (it is serving once started, as theirs is).
@@ -276,12 +285,12 @@ class ExclusiveLoopMixin:
                 empty = server_class(self)
                 if start_serving:
                     await empty.start_serving()
-                return empty  # type: ignore[no-any-return]
-        return MultiServer(self, [])  # type: ignore[arg-type]
+                return empty
+        return MultiServer(self, [])
 
     # -- UDP -----------------------------------------------------------------
 
-    async def create_datagram_endpoint(
+    async def create_datagram_endpoint(  # type: ignore[override]  # adds multicast=, and reuse_address= until 3.13
         self,
         protocol_factory: Callable[[], asyncio.BaseProtocol],
         local_addr: Any = None,
@@ -308,7 +317,7 @@ class ExclusiveLoopMixin:
         if reuse_address is not _UNSET:
             if stdlib and sys.version_info >= _DATAGRAM_REUSE_ADDRESS_UNTIL:
                 # Not in asyncio's signature any more: its own TypeError, word for word.
-                return await super().create_datagram_endpoint(  # type: ignore[misc,no-any-return]
+                return await super().create_datagram_endpoint(
                     protocol_factory, reuse_address=reuse_address
                 )
             if not reuse_address and sock is None:
@@ -320,11 +329,11 @@ class ExclusiveLoopMixin:
             from ._multicast import create_multicast_endpoint
 
             return await create_multicast_endpoint(
-                self, super().create_datagram_endpoint, protocol_factory, local_addr, remote_addr, multicast,  # type: ignore[misc]
+                self, super().create_datagram_endpoint, protocol_factory, local_addr, remote_addr, multicast,
                 family=family, proto=proto, flags=flags, reuse_address=reuse_address is True,
                 reuse_port=reuse_port, allow_broadcast=allow_broadcast, sock=sock,
             )
-        base_create = super().create_datagram_endpoint  # type: ignore[misc]
+        base_create = super().create_datagram_endpoint
         inet = (socket.AF_INET, socket.AF_INET6)
         sock_kind = kernel_kind(sock) if sock is not None else None
         is_unix = family == getattr(socket, "AF_UNIX", None) or (sock_kind is not None and sock_kind[0] not in inet)
@@ -353,7 +362,7 @@ class ExclusiveLoopMixin:
                     # which uvloop calls before the loop runs again, and before
                     # anything can bind the socket.
                     factory = functools.partial(_clear_then_build, sock, plan, protocol_factory)
-            return await base_create(  # type: ignore[no-any-return]
+            return await base_create(
                 factory,
                 local_addr,
                 remote_addr,
@@ -377,7 +386,7 @@ class ExclusiveLoopMixin:
                     return await create_unix_datagram_endpoint(
                         self, protocol_factory, local_addr, remote_addr, proto=proto, allow_broadcast=allow_broadcast
                     )
-            return await base_create(  # type: ignore[no-any-return]
+            return await base_create(
                 protocol_factory, local_addr, remote_addr, family=family, proto=proto, flags=flags,
                 reuse_port=reuse_port, allow_broadcast=allow_broadcast, **extra,
             )
@@ -464,7 +473,7 @@ class ExclusiveLoopMixin:
             # asyncio leaves a broadcast endpoint unconnected (replies to a
             # broadcast come from any host); uvloop connects it. Follow the base.
             if remote is not None and not (allow_broadcast and isinstance(self, asyncio.BaseEventLoop)):
-                await self.sock_connect(sock, remote)  # type: ignore[attr-defined]
+                await self.sock_connect(sock, remote)
         except BaseException:
             sock.close()
             raise
@@ -503,7 +512,7 @@ class ExclusiveLoopMixin:
             finally:
                 probe.close()
         building = asyncio.ensure_future(
-            super().create_datagram_endpoint(  # type: ignore[misc]
+            super().create_datagram_endpoint(
                 protocol_factory,
                 local_addr=None if local is None else _host_port_pair(local),
                 remote_addr=_host_port_pair(remote),
@@ -549,7 +558,7 @@ class ExclusiveLoopMixin:
             try:
                 protocol = protocol_factory()
                 waiter = self.create_future()
-                transport = self._make_datagram_transport(sock, protocol, remote, waiter)
+                transport = self._make_datagram_transport(sock, protocol, remote, waiter)  # type: ignore[attr-defined]  # asyncio internals, the stdlib bases only
             except BaseException:
                 sock.close()
                 raise
@@ -561,7 +570,7 @@ class ExclusiveLoopMixin:
             return transport, protocol
         if not self._exclusive_libuv_sets_reuse:
             try:
-                transport, protocol = await super().create_datagram_endpoint(  # type: ignore[misc]
+                transport, protocol = await super().create_datagram_endpoint(
                     protocol_factory, sock=sock
                 )
             except BaseException:
@@ -588,7 +597,7 @@ class ExclusiveLoopMixin:
         # leaves a live transport nobody holds. So the adoption runs to its end
         # in a task of its own, and whatever it made is closed if we are cancelled.
         building = asyncio.ensure_future(
-            super().create_datagram_endpoint(bind_then_build, sock=sock)  # type: ignore[misc]
+            super().create_datagram_endpoint(bind_then_build, sock=sock)
         )
         try:
             transport, protocol = await asyncio.shield(building)
@@ -606,17 +615,17 @@ class ExclusiveLoopMixin:
 
     # -- clients with a fixed local port --------------------------------------
 
-    async def create_connection(
+    async def create_connection(  # type: ignore[override]  # passes every keyword through to the base loop unchanged
         self, protocol_factory: Callable[[], asyncio.BaseProtocol], host: Any = None, port: Any = None, **kwargs: Any
     ) -> tuple[asyncio.BaseTransport, asyncio.BaseProtocol]:
         """Like `asyncio.loop.create_connection`; a fixed ``local_addr`` port is bound exclusively."""
         local_addr = kwargs.get("local_addr")
-        base_connect = super().create_connection  # type: ignore[misc]
+        base_connect = super().create_connection
         if local_addr is None or kwargs.get("sock") is not None:
-            return await base_connect(protocol_factory, host, port, **kwargs)  # type: ignore[no-any-return]
+            return await base_connect(protocol_factory, host, port, **kwargs)
         if not (isinstance(local_addr, (tuple, list)) and len(local_addr) >= 2):
             # Not an address this code can read: the base loop's own error for it.
-            return await base_connect(protocol_factory, host, port, **kwargs)  # type: ignore[no-any-return]
+            return await base_connect(protocol_factory, host, port, **kwargs)
         # A list, or (host, port, flowinfo, scope_id), as the base loops take it.
         check_port(local_addr[1], "local_addr port")
         plan = self._plan(Role.FIXED_PORT_CLIENT, address=local_addr)
@@ -626,13 +635,13 @@ class ExclusiveLoopMixin:
             # libuv's TCP bind (uv__tcp_bind) always sets SO_REUSEADDR, so under
             # uvloop another user could bind and listen on a connected client's
             # port: there the socket is bound here, by the plan.
-            return await base_connect(protocol_factory, host, port, **kwargs)  # type: ignore[no-any-return]
+            return await base_connect(protocol_factory, host, port, **kwargs)
         sock = await self._exclusive_connect_from_fixed_port(plan, host, port, local_addr, kwargs)
         passed = {k: v for k, v in kwargs.items() if k in ("ssl", "ssl_handshake_timeout", "ssl_shutdown_timeout")}
         if passed.get("ssl"):
             passed["server_hostname"] = kwargs.get("server_hostname") or host
         try:
-            return await base_connect(protocol_factory, sock=sock, **passed)  # type: ignore[no-any-return]
+            return await base_connect(protocol_factory, sock=sock, **passed)
         except BaseException:
             sock.close()
             raise
@@ -654,7 +663,7 @@ class ExclusiveLoopMixin:
                     errors.append(exc)
                     continue
                 try:
-                    await self.sock_connect(sock, remote[4])  # type: ignore[attr-defined]
+                    await self.sock_connect(sock, remote[4])
                 except OSError as exc:
                     sock.close()
                     errors.append(exc)
@@ -669,7 +678,7 @@ class ExclusiveLoopMixin:
 
     # -- AF_UNIX servers ------------------------------------------------------
 
-    async def create_unix_server(
+    async def create_unix_server(  # type: ignore[override]  # passes every keyword through to the base loop unchanged
         self,
         protocol_factory: Callable[[], asyncio.BaseProtocol],
         path: Any = None,
@@ -687,15 +696,15 @@ class ExclusiveLoopMixin:
         """
         from ._unix import bind_unix_listener, guards_path, remove_own_path
 
-        base_create = super().create_unix_server  # type: ignore[misc]
+        base_create = super().create_unix_server
         if sock is not None or not guards_path(path):
-            return await base_create(  # type: ignore[no-any-return]
+            return await base_create(
                 protocol_factory, path, sock=sock, backlog=backlog, **kwargs
             )
         self._exclusive_check_open()
         bound = await bind_unix_listener(path, backlog)
         try:
-            return await base_create(  # type: ignore[no-any-return]
+            return await base_create(
                 protocol_factory, sock=bound, backlog=backlog, **kwargs
             )
         except BaseException:
@@ -703,7 +712,7 @@ class ExclusiveLoopMixin:
             raise
 
     def _exclusive_check_open(self) -> None:
-        if self.is_closed():  # type: ignore[attr-defined]
+        if self.is_closed():
             raise RuntimeError("Event loop is closed")
 
 
@@ -767,7 +776,7 @@ def _winloop() -> type:
 def _stdlib_default() -> type:
     # What asyncio.new_event_loop() builds: Proactor on Windows, Selector elsewhere.
     if sys.platform == "win32":
-        return asyncio.ProactorEventLoop  # type: ignore[attr-defined,no-any-return]
+        return asyncio.ProactorEventLoop
     return asyncio.SelectorEventLoop
 
 
@@ -800,8 +809,15 @@ def resolve_base(base: str | type | None) -> type:
     raise TypeError(f"base must be a loop class (a subclass of asyncio.AbstractEventLoop), a name or None, got {base!r}")
 
 
-def exclusive_loop_class(base: type) -> type:
-    """The exclusive subclass of a loop class, made once per base."""
+_LoopT = TypeVar("_LoopT", bound=asyncio.AbstractEventLoop)
+
+
+def exclusive_loop_class(base: type[_LoopT]) -> type[_LoopT]:
+    """The exclusive subclass of a loop class, made once per base.
+
+    Typed as the class it is given: ``exclusive_loop_class(uvloop.Loop)`` is a
+    ``type[uvloop.Loop]`` to the type checker (and an `ExclusiveLoopMixin` at run time).
+    """
     if issubclass(base, ExclusiveLoopMixin):
         return base
     cls = _CLASSES.get(base)
