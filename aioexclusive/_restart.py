@@ -34,6 +34,10 @@ _ProtocolT = TypeVar("_ProtocolT", bound=asyncio.BaseProtocol)
 # hang a shutdown on a transport that misbehaves.
 _ABORT_GRACE = 5.0
 
+# Loop iterations `GracefulShutdown.shutdown` yields after closing the listener
+# so that connections it had just accepted are made and tracked (see there).
+_SETTLE_ITERATIONS = 3
+
 
 # Bounds for bind_retry/retry_bind: a restart waits seconds, not forever. A
 # value past these is a mistake (a unit error, inf from a config file).
@@ -120,9 +124,17 @@ class ShutdownResult:
 class _Tracked:
     """Forwards every protocol call to the application's protocol and watches the connection.
 
-    While draining, incoming data is dropped (the write side is already shut,
-    so the application could not answer; a request read now is a request not
-    served, and the client sees a clean EOF instead of a half answer).
+    A connection is *busy* from the moment data reaches the application until
+    the application writes (its answer) or closes: that is the only sign of a
+    request in flight a protocol-level wrapper can see. The application gets a
+    `_WatchedTransport` so its writes are seen. A draining connection is
+    half-closed only when it is idle: right away if it is, else at the end of
+    the loop iteration in which the application answered (so an answer written
+    in several calls in one step stays whole), and not while the application
+    waits for the write buffer to drain. Once half-closed, incoming data is
+    dropped (the write side is shut, so the application could not answer; a
+    request read now is a request not served, and the client sees a clean EOF
+    instead of a half answer).
     """
 
     _inner: Any
@@ -131,19 +143,23 @@ class _Tracked:
         self._inner = inner
         self._owner = owner
         self._transport: Any = None
+        self._watched: _WatchedTransport | None = None
         self._draining = False
+        self._half_closed = False
+        self._busy = False
+        self._paused = False
+        self._check_scheduled = False
         self._eof = False
         self._lost: asyncio.Future[None] | None = None
 
     # -- bookkeeping -------------------------------------------------------
 
-    def _attach(self, transport: asyncio.BaseTransport) -> None:
+    def _attach(self, transport: asyncio.BaseTransport, watched: _WatchedTransport | None) -> None:
         self._transport = transport
+        self._watched = watched
         self._lost = asyncio.get_running_loop().create_future()
         self._owner._connections.add(self)
-        if self._owner._shutting_down:
-            # Accepted just before the listener closed: drain it like the rest.
-            self._begin_drain()
+        self._owner._arrived(self)
 
     def _begin_drain(self) -> None:
         if self._draining:
@@ -158,6 +174,32 @@ class _Tracked:
             transport.resume_reading()
         except (AttributeError, RuntimeError, NotImplementedError):
             pass
+        self._half_close_if_idle()
+
+    def _written(self) -> None:
+        """The application wrote: whatever it was processing is answered (see the class docstring)."""
+        self._busy = False
+        if self._draining and not self._check_scheduled:
+            # Not now: the rest of the answer may follow in this same step.
+            self._check_scheduled = True
+            asyncio.get_running_loop().call_soon(self._scheduled_check)
+
+    def _scheduled_check(self) -> None:
+        self._check_scheduled = False
+        self._half_close_if_idle()
+
+    def _half_close_if_idle(self) -> None:
+        if not self._draining or self._half_closed:
+            return
+        transport = self._transport
+        if transport is None or transport.is_closing():
+            return
+        if self._watched is not None and (self._busy or self._paused or self._check_scheduled):
+            # A request is being processed, or the application waits in
+            # drain() to write more: the half-close comes after its answer
+            # (or the timeout's abort does).
+            return
+        self._half_closed = True
         if self._eof or not transport.can_write_eof():
             # The peer already said EOF (both directions are done), or TLS,
             # which has no half-close: close() flushes and sends close_notify.
@@ -166,11 +208,21 @@ class _Tracked:
             # shutdown(SHUT_WR / SD_SEND) once buffered data is flushed.
             transport.write_eof()
 
+    def _received(self) -> bool:
+        """Whether data that just arrived goes to the application (it still can answer)."""
+        if self._half_closed:
+            return False
+        self._busy = True
+        return True
+
     # -- protocol interface ------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self._attach(transport)
-        self._inner.connection_made(transport)
+        watched = _WatchedTransport(transport, self)
+        self._inner.connection_made(watched)
+        # Attached after the application's connection_made: a connection made
+        # during shutdown is half-closed at once, after a greeting it wrote.
+        self._attach(transport, watched)
 
     def connection_lost(self, exc: BaseException | None) -> None:
         self._owner._connections.discard(self)
@@ -179,17 +231,28 @@ class _Tracked:
         self._inner.connection_lost(exc)
 
     def pause_writing(self) -> None:
+        self._paused = True
         self._inner.pause_writing()
 
     def resume_writing(self) -> None:
+        self._paused = False
         self._inner.resume_writing()
+        if self._draining and not self._check_scheduled:
+            # The application's drain() wakes up in this iteration's callbacks;
+            # look again after it had its chance to write more.
+            self._check_scheduled = True
+            asyncio.get_running_loop().call_soon(self._scheduled_check)
 
     def eof_received(self) -> bool | None:
         self._eof = True
-        keep_open = self._inner.eof_received()
-        if self._draining:
+        if self._half_closed:
+            self._inner.eof_received()
             # Our write side is shut and now theirs is too: close.
             return False
+        keep_open = self._inner.eof_received()
+        if keep_open:
+            # The application keeps the connection to answer what it read.
+            self._busy = True
         return keep_open  # type: ignore[no-any-return]
 
     def __getattr__(self, name: str) -> Any:
@@ -198,9 +261,82 @@ class _Tracked:
         return getattr(self._inner, name)
 
 
+class _WatchedTransport(asyncio.Transport):
+    """The transport the application sees: the real one, with its writes noted (see `_Tracked`).
+
+    ``set_protocol``/``get_protocol`` act on the application's protocol behind
+    the tracking wrapper, so swapping protocols keeps the connection tracked.
+    Anything not listed (private attributes other asyncio code reads, such as
+    ``_start_tls_compatible``) comes from the real transport.
+    """
+
+    def __init__(self, transport: Any, tracked: _Tracked) -> None:
+        super().__init__()
+        self._real = transport
+        self._tracked = tracked
+
+    def write(self, data: Any) -> None:
+        self._real.write(data)
+        if data:
+            self._tracked._written()
+
+    def writelines(self, list_of_data: Any) -> None:
+        self._real.writelines(list_of_data)
+        self._tracked._written()
+
+    def write_eof(self) -> None:
+        self._real.write_eof()
+        self._tracked._written()
+
+    def close(self) -> None:
+        self._real.close()
+
+    def abort(self) -> None:
+        self._real.abort()
+
+    def is_closing(self) -> bool:
+        return bool(self._real.is_closing())
+
+    def can_write_eof(self) -> bool:
+        return bool(self._real.can_write_eof())
+
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        return self._real.get_extra_info(name, default)
+
+    def set_protocol(self, protocol: asyncio.BaseProtocol) -> None:
+        self._tracked._inner = protocol
+
+    def get_protocol(self) -> Any:
+        return self._tracked._inner
+
+    def is_reading(self) -> bool:
+        return bool(self._real.is_reading())
+
+    def pause_reading(self) -> None:
+        self._real.pause_reading()
+
+    def resume_reading(self) -> None:
+        self._real.resume_reading()
+
+    def set_write_buffer_limits(self, high: int | None = None, low: int | None = None) -> None:
+        self._real.set_write_buffer_limits(high, low)
+
+    def get_write_buffer_size(self) -> int:
+        return int(self._real.get_write_buffer_size())
+
+    def get_write_buffer_limits(self) -> tuple[int, int]:
+        return self._real.get_write_buffer_limits()  # type: ignore[no-any-return]
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._real, name)
+
+    def __repr__(self) -> str:
+        return f"<watched {self._real!r}>"
+
+
 class _TrackedProtocol(_Tracked, asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
-        if not self._draining:
+        if self._received():
             self._inner.data_received(data)
 
 
@@ -208,14 +344,16 @@ class _TrackedBufferedProtocol(_Tracked, asyncio.BufferedProtocol):
     _scratch: bytearray | None = None
 
     def get_buffer(self, sizehint: int) -> Any:
-        if self._draining:
+        if self._half_closed:
             if self._scratch is None:
                 self._scratch = bytearray(65536)
             return self._scratch
         return self._inner.get_buffer(sizehint)
 
     def buffer_updated(self, nbytes: int) -> None:
-        if not self._draining:
+        # get_buffer decided where these bytes went; a half-close in between
+        # (it only happens in a callback of its own) cannot split the pair.
+        if self._received():
             self._inner.buffer_updated(nbytes)
 
 
@@ -239,12 +377,17 @@ class GracefulShutdown:
 
     Works on every loop (the stdlib's, uvloop, winloop, exclusive or not): it
     only uses the public transport API (``write_eof``, ``close``, ``abort``).
-    One instance can track the connections of several servers.
+    One instance can track the connections of several servers; it stands for
+    one generation of them: connections that arrive after `shutdown` began
+    (accepted just before the listener closed) are drained too.
     """
 
     def __init__(self) -> None:
         self._connections: set[_Tracked] = set()
         self._shutting_down = False
+        self._waiting = False
+        self._deadline = 0.0
+        self._arrival: asyncio.Future[None] | None = None
 
     @property
     def connections(self) -> int:
@@ -269,50 +412,125 @@ class GracefulShutdown:
             raise TypeError(f"client_connected_cb must be callable, got {client_connected_cb!r}")
 
         def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> Any:
-            self.track(writer.transport)
+            watched = self._track(writer.transport)
+            if watched is not None and getattr(writer, "_transport", None) is writer.transport:
+                # The handler writes through the StreamWriter: let it write
+                # through the watched transport, so an answer in flight is
+                # seen (StreamWriter keeps its transport in ``_transport`` on
+                # every supported Python; if that ever changes, the connection
+                # is half-closed without waiting, as `track` does).
+                writer._transport = watched  # type: ignore[attr-defined]
             return client_connected_cb(reader, writer)
 
         return handler
 
     def track(self, transport: asyncio.BaseTransport) -> None:
-        """Track a connection that is already made (swaps in a forwarding protocol)."""
+        """Track a connection that is already made (swaps in a forwarding protocol).
+
+        The application keeps writing to *transport* directly, so its answers
+        are not seen: such a connection is half-closed as soon as `shutdown`
+        begins. Prefer `wrap` / `wrap_handler`, which wait for an answer in flight.
+        """
+        self._track(transport, watch=False)
+
+    def _track(self, transport: asyncio.BaseTransport, *, watch: bool = True) -> _WatchedTransport | None:
         inner = transport.get_protocol()
         if isinstance(inner, _Tracked):
-            return
+            return None
         wrapper = _wrap(inner, self)
         transport.set_protocol(wrapper)  # type: ignore[arg-type]
-        wrapper._attach(transport)
+        watched = _WatchedTransport(transport, wrapper) if watch else None
+        wrapper._attach(transport, watched)
+        return watched
+
+    def _arrived(self, conn: _Tracked) -> None:
+        """A connection was made; during or after `shutdown` it is drained at once."""
+        if not self._shutting_down:
+            return
+        conn._begin_drain()
+        if self._arrival is not None and not self._arrival.done():
+            self._arrival.set_result(None)  # wake `shutdown`: one more to wait for
+        if self._waiting:
+            return
+        # `shutdown` is past its waiting: the deadline still holds.
+        loop = asyncio.get_running_loop()
+        left = self._deadline - loop.time()
+        if left <= 0:
+            conn._transport.abort()
+        else:
+            loop.call_later(left, self._abort_if_open, conn)
+
+    @staticmethod
+    def _abort_if_open(conn: _Tracked) -> None:
+        if conn._lost is not None and not conn._lost.done():
+            conn._transport.abort()
 
     async def shutdown(self, server: asyncio.AbstractServer | None = None, *, timeout: float = 10.0) -> ShutdownResult:
         """Stop *server* accepting, then close every tracked connection gracefully.
 
         Steps: ``server.close()`` (no new connections); each connection's
-        write side is half-closed once its buffered data is sent
-        (``write_eof``; TLS has no half-close and gets ``close()``); incoming
-        data is discarded until the peer's EOF, then the connection closes.
-        Connections still open after *timeout* seconds are aborted. Finally
+        write side is half-closed once it is idle, that is, once the answer
+        to a request being processed has been written, and its buffered data
+        is sent (``write_eof``; TLS has no half-close and gets ``close()``);
+        incoming data is discarded after that until the peer's EOF, then the
+        connection closes. Connections the listener accepted just before it
+        closed are included. Every connection still open *timeout* seconds
+        after the call is aborted, whenever it arrived. Finally
         ``server.wait_closed()``.
         """
         if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not timeout >= 0:
             raise ValueError(f"timeout must be a number of seconds >= 0, got {timeout!r}")
+        loop = asyncio.get_running_loop()
+        self._deadline = loop.time() + timeout
         self._shutting_down = True
+        self._waiting = True
+        seen: set[_Tracked] = set()
+        closing: asyncio.Future[None] | None = None
         try:
             if server is not None:
                 server.close()
-            tracked = list(self._connections)
-            for conn in tracked:
-                conn._begin_drain()
-            waiting = [conn._lost for conn in tracked if conn._lost is not None]
-            pending: set[asyncio.Future[None]] = set()
-            if waiting:
-                _, pending = await asyncio.wait(waiting, timeout=timeout)
-            aborted = [conn for conn in tracked if conn._lost in pending]
+            # A connection the listener accepted just before close() reaches
+            # the protocol factory, connection_made and (streams) the handler
+            # that tracks it one, two and three loop iterations later; the
+            # loop below waits for stragglers too, this only saves it a round.
+            for _ in range(_SETTLE_ITERATIONS):
+                await asyncio.sleep(0)
+            if server is not None:
+                # 3.12+ waits here for the server's connections: ours are
+                # closed below, within the deadline, whenever they arrive.
+                closing = asyncio.ensure_future(server.wait_closed())
+            while True:
+                current = set(self._connections)
+                for conn in current - seen:
+                    conn._begin_drain()
+                seen |= current
+                waiting: list[asyncio.Future[Any]] = [
+                    conn._lost for conn in current if conn._lost is not None and not conn._lost.done()
+                ]
+                if closing is not None and not closing.done():
+                    waiting.append(closing)
+                left = self._deadline - loop.time()
+                if not waiting or left <= 0:
+                    break
+                self._arrival = loop.create_future()
+                waiting.append(self._arrival)
+                await asyncio.wait(waiting, timeout=left, return_when=asyncio.FIRST_COMPLETED)
+                self._arrival.cancel()
+                self._arrival = None
+            self._waiting = False
+            seen |= self._connections
+            aborted = [conn for conn in seen if conn._lost is not None and not conn._lost.done()]
             for conn in aborted:
                 conn._transport.abort()
-            if pending:
-                await asyncio.wait(pending, timeout=_ABORT_GRACE)
-            if server is not None:
-                await server.wait_closed()
-            return ShutdownResult(drained=len(tracked) - len(aborted), aborted=len(aborted))
+            if aborted:
+                await asyncio.wait([conn._lost for conn in aborted if conn._lost is not None], timeout=_ABORT_GRACE)
+            if closing is not None:
+                await closing
+            return ShutdownResult(drained=len(seen) - len(aborted), aborted=len(aborted))
         finally:
-            self._shutting_down = False
+            self._waiting = False
+            if self._arrival is not None:
+                self._arrival.cancel()
+                self._arrival = None
+            if closing is not None and not closing.done():
+                closing.cancel()

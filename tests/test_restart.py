@@ -291,3 +291,309 @@ def test_graceful_restart_example_runs() -> None:
     assert out.returncode == 0, out.stderr
     assert re.search(r"instance 2 stopped: [1-4] connections drained, 0 aborted", out.stdout), out.stdout
     assert out.stdout.rstrip().endswith("0 broken"), out.stdout
+
+
+# -- answers in flight (issue 14.9) and just-accepted connections (issue 14.10) ------------
+
+
+class SlowService(asyncio.Protocol):
+    """Answers ``q`` with ``answer q`` only once *release* is set: a request still being processed."""
+
+    def __init__(self, received: asyncio.Event, release: asyncio.Event, errors: list[BaseException]) -> None:
+        self.received, self.release, self.errors = received, release, errors
+        self.tasks: list[asyncio.Task[None]] = []
+
+    def connection_made(self, transport: Any) -> None:
+        self.transport = transport
+
+    def data_received(self, data: bytes) -> None:
+        self.received.set()
+        self.tasks.append(asyncio.ensure_future(self.answer(data)))
+
+    async def answer(self, data: bytes) -> None:
+        await self.release.wait()
+        try:
+            self.transport.write(b"answer " + data)
+        except Exception as exc:  # noqa: BLE001 - "write() after write_eof()" is what the test looks for
+            self.errors.append(exc)
+
+
+async def _clean_up(writer: asyncio.StreamWriter, shutdown: asyncio.Future[Any]) -> None:
+    """On a failed assertion, leave nothing that keeps the loop from closing (a failure, not a hang)."""
+    writer.transport.abort()
+    if not shutdown.done():
+        try:
+            await asyncio.wait_for(shutdown, 5)
+        except BaseException:  # noqa: BLE001 - the assertion that brought us here is what matters
+            pass
+
+
+async def _let_shutdown_start() -> None:
+    # More iterations than shutdown() needs to close the listener and reach
+    # every connection (the old code half-closed in its first step).
+    for _ in range(20):
+        await asyncio.sleep(0)
+
+
+def test_answer_in_flight_is_delivered_before_the_half_close(base: str, no_fd_leak: None) -> None:
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        graceful = aioexclusive.GracefulShutdown()
+        received, release = asyncio.Event(), asyncio.Event()
+        errors: list[BaseException] = []
+        services: list[SlowService] = []
+
+        def factory() -> SlowService:
+            services.append(SlowService(received, release, errors))
+            return services[-1]
+
+        server = await loop.create_server(graceful.wrap(factory), "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(b"q\n")
+        await received.wait()
+        shutdown = asyncio.ensure_future(graceful.shutdown(server, timeout=30))
+        try:
+            await _let_shutdown_start()
+            assert not server.is_serving()
+            release.set()  # the answer is written now, while shutting down
+            # The client gets the answer, then the clean EOF.
+            assert await asyncio.wait_for(reader.read(), 5) == b"answer q\n"
+            writer.close()
+            await writer.wait_closed()
+            assert await shutdown == aioexclusive.ShutdownResult(drained=1, aborted=0)
+            await asyncio.gather(*services[0].tasks)
+            assert errors == []
+        finally:
+            await _clean_up(writer, shutdown)
+
+    run(main(), base)
+
+
+def test_streams_answer_in_flight_is_delivered(base: str, no_fd_leak: None) -> None:
+    async def main() -> None:
+        graceful = aioexclusive.GracefulShutdown()
+        received, release, finished = asyncio.Event(), asyncio.Event(), asyncio.Event()
+        errors: list[BaseException] = []
+
+        async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            try:
+                while line := await reader.readline():
+                    received.set()
+                    await release.wait()
+                    writer.write(b"answer " + line)  # a request in flight: answered
+                    await writer.drain()
+            except Exception as exc:  # noqa: BLE001
+                errors.append(exc)
+            finally:
+                writer.close()
+                finished.set()
+
+        server = await asyncio.start_server(graceful.wrap_handler(handle), "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(b"q\n")
+        await received.wait()
+        shutdown = asyncio.ensure_future(graceful.shutdown(server, timeout=30))
+        try:
+            await _let_shutdown_start()
+            release.set()
+            assert await asyncio.wait_for(reader.read(), 5) == b"answer q\n"
+            writer.close()
+            await writer.wait_closed()
+            assert await shutdown == aioexclusive.ShutdownResult(drained=1, aborted=0)
+            await finished.wait()
+            assert errors == []
+        finally:
+            await _clean_up(writer, shutdown)
+
+    run(main(), base)
+
+
+def test_idle_connections_are_still_half_closed_at_once(base: str, no_fd_leak: None) -> None:
+    """Waiting for answers in flight must not hold up idle connections (answered, or never asked)."""
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        graceful = aioexclusive.GracefulShutdown()
+        processed: list[str] = []
+        server = await loop.create_server(graceful.wrap(lambda: LineService(processed, 1)), "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        answered_r, answered_w = await asyncio.open_connection("127.0.0.1", port)
+        answered_w.write(b"a\n")
+        assert await answered_r.readline() == b"ok a from 1\n"
+        silent_r, silent_w = await asyncio.open_connection("127.0.0.1", port)
+        while graceful.connections < 2:
+            await asyncio.sleep(0.01)
+        shutdown = asyncio.ensure_future(graceful.shutdown(server, timeout=30))
+        for reader, writer in ((answered_r, answered_w), (silent_r, silent_w)):
+            assert await asyncio.wait_for(reader.read(), 5) == b""
+            writer.close()
+            await writer.wait_closed()
+        assert await shutdown == aioexclusive.ShutdownResult(drained=2, aborted=0)
+
+    run(main(), base)
+
+
+def test_a_request_never_answered_is_aborted_at_the_timeout(base: str, no_fd_leak: None) -> None:
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        graceful = aioexclusive.GracefulShutdown()
+        received, release = asyncio.Event(), asyncio.Event()
+        errors: list[BaseException] = []
+        services: list[SlowService] = []
+
+        def factory() -> SlowService:
+            services.append(SlowService(received, release, errors))
+            return services[-1]
+
+        server = await loop.create_server(graceful.wrap(factory), "127.0.0.1", 0)
+        reader, writer = await asyncio.open_connection("127.0.0.1", server.sockets[0].getsockname()[1])
+        writer.write(b"q\n")
+        await received.wait()
+        result = await asyncio.wait_for(graceful.shutdown(server, timeout=0.2), 5)
+        assert result == aioexclusive.ShutdownResult(drained=0, aborted=1)
+        for task in services[0].tasks:
+            task.cancel()
+        writer.close()
+        try:
+            await writer.wait_closed()
+        except OSError:
+            pass
+
+    run(main(), base)
+
+
+def test_connection_accepted_as_shutdown_begins_is_drained(base: str, no_fd_leak: None) -> None:
+    """Shutdown starts between accept() and connection_made: the connection must not be forgotten.
+
+    The protocol factory runs after the accept and before connection_made on
+    every loop, so starting the shutdown from inside it is that moment, every time.
+    """
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        graceful = aioexclusive.GracefulShutdown()
+        processed: list[str] = []
+        started: list[asyncio.Future[aioexclusive.ShutdownResult]] = []
+
+        def factory() -> LineService:
+            if not started:
+                started.append(asyncio.ensure_future(graceful.shutdown(server, timeout=30)))
+            return LineService(processed, 1)
+
+        server = await loop.create_server(graceful.wrap(factory), "127.0.0.1", 0)
+        reader, writer = await asyncio.open_connection("127.0.0.1", server.sockets[0].getsockname()[1])
+        try:
+            # Half-closed like every other connection (before the fix: left fully open).
+            assert await asyncio.wait_for(reader.read(), 5) == b""
+            writer.close()
+            await writer.wait_closed()
+            assert await asyncio.wait_for(started[0], 5) == aioexclusive.ShutdownResult(drained=1, aborted=0)
+        finally:
+            await _clean_up(writer, started[0])
+
+    run(main(), base)
+
+
+def test_connection_accepted_as_shutdown_begins_is_aborted_at_the_timeout(base: str, no_fd_leak: None) -> None:
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        graceful = aioexclusive.GracefulShutdown()
+        processed: list[str] = []
+        started: list[asyncio.Future[aioexclusive.ShutdownResult]] = []
+
+        def factory() -> LineService:
+            if not started:
+                started.append(asyncio.ensure_future(graceful.shutdown(server, timeout=0.2)))
+            return LineService(processed, 1)
+
+        server = await loop.create_server(graceful.wrap(factory), "127.0.0.1", 0)
+        reader, writer = await asyncio.open_connection("127.0.0.1", server.sockets[0].getsockname()[1])
+        try:
+            # The client never closes: the timeout's abort must reach this connection too.
+            result = await asyncio.wait_for(started[0], 5)
+            assert result == aioexclusive.ShutdownResult(drained=0, aborted=1)
+            try:
+                assert await asyncio.wait_for(reader.read(), 5) == b""
+            except ConnectionResetError:
+                pass
+        finally:
+            await _clean_up(writer, started[0])
+        writer.close()
+        try:
+            await writer.wait_closed()
+        except OSError:
+            pass
+
+    run(main(), base)
+
+
+@pytest.mark.parametrize("handler", [False, True], ids=["protocol", "streams"])
+def test_burst_of_idle_clients_during_shutdown_every_one_is_closed(base: str, handler: bool, no_fd_leak: None) -> None:
+    """A burst of clients connects as the shutdown starts; repeated, since it is a race.
+
+    Every connection the server made is counted and closed within the timeout;
+    every client sees EOF (or a reset, if the listener closed before accepting it).
+    """
+    trials, clients = 6, 12
+
+    async def trial() -> None:
+        loop = asyncio.get_running_loop()
+        graceful = aioexclusive.GracefulShutdown()
+        made: list[int] = []
+        started: list[asyncio.Future[aioexclusive.ShutdownResult]] = []
+
+        def begin() -> None:
+            made.append(1)
+            if not started:
+                started.append(asyncio.ensure_future(graceful.shutdown(server, timeout=0.5)))
+
+        if handler:
+
+            async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+                begin()
+                await reader.read()
+                writer.close()
+
+            server = await asyncio.start_server(graceful.wrap_handler(handle), "127.0.0.1", 0)
+        else:
+
+            def factory() -> LineService:
+                begin()
+                return LineService([], 1)
+
+            server = await loop.create_server(graceful.wrap(factory), "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+
+        async def client() -> None:
+            try:
+                reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            except OSError:
+                return
+            try:
+                await asyncio.wait_for(reader.read(), 5)
+            except ConnectionResetError:
+                pass
+            except asyncio.TimeoutError:
+                hung.append(1)  # left open by the server: a failure (abort, not a hang)
+                writer.transport.abort()
+                return
+            writer.close()
+            try:
+                await writer.wait_closed()
+            except OSError:
+                pass
+
+        hung: list[int] = []
+        await asyncio.gather(*(client() for _ in range(clients)))
+        result = await asyncio.wait_for(started[0], 5)
+        assert not hung, f"{len(hung)} of {len(made)} connections were neither drained nor aborted"
+        assert result.drained + result.aborted == len(made), (result, len(made))
+        assert graceful.connections == 0
+
+    async def main() -> None:
+        for _ in range(trials):
+            await trial()
+
+    run(main(), base)
