@@ -2,28 +2,34 @@
 
     asyncio.run(main(), loop_factory=aioexclusive.new_event_loop)   # 3.12+
     aioexclusive.run(main())                                        # any version
+
+The top level holds what an application calls; the bind plan and the loop
+machinery (`make_plan`, `Role`, `exclusive_loop_class`...) are in
+`aioexclusive.lowlevel`. docs/api.md lists both.
 """
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from . import lowlevel
 from ._binding import bind_socket
-from ._errors import AddressInUseError, ExclusivityError, ExclusivityWarning
-from ._loops import ExclusiveLoopMixin, LoopOptions, exclusive_loop_class
-from ._plan import BindPlan, Role, current_platform, make_plan
-from .policy import new_event_loop, run
+from ._entry import new_event_loop, run
+from ._errors import AddressInUseError, ExclusivityError, ExclusivityWarning, InvalidPortError
+from ._loops import ExclusiveLoopMixin
 
 if TYPE_CHECKING:
+    from ._entry import ExclusiveEventLoopPolicy
     from ._guard import guard
     from ._multicast import Multicast, MulticastTransport
     from ._restart import GracefulShutdown, ShutdownResult, retry_bind
-    from .policy import ExclusiveEventLoopPolicy
 
 # Loaded on first use: multicast and the process-wide guard are opt-ins, and
 # their modules were about half of what `import aioexclusive` costs
-# (python -m benchmarks --only import).
+# (python -m benchmarks --only import). The policy class is built on first use
+# because policies are deprecated from 3.14.
 _LAZY = {
+    "ExclusiveEventLoopPolicy": "._entry",
     "guard": "._guard",
     "Multicast": "._multicast",
     "MulticastTransport": "._multicast",
@@ -32,26 +38,27 @@ _LAZY = {
     "retry_bind": "._restart",
 }
 
+# Top-level names of 0.1.0 that moved to aioexclusive.lowlevel: still found
+# here, with a DeprecationWarning, so that 0.1.0 code keeps running.
+_MOVED_TO_LOWLEVEL = frozenset(
+    {"BindPlan", "LoopOptions", "Role", "current_platform", "exclusive_loop_class", "make_plan"}
+)
+
 __version__ = "0.1.0"
 
 __all__ = [
     "AddressInUseError",
-    "BindPlan",
     "ExclusiveEventLoopPolicy",
     "ExclusiveLoopMixin",
     "ExclusivityError",
     "ExclusivityWarning",
     "GracefulShutdown",
-    "LoopOptions",
+    "InvalidPortError",
     "Multicast",
     "MulticastTransport",
-    "Role",
     "ShutdownResult",
     "bind_socket",
-    "current_platform",
-    "exclusive_loop_class",
     "guard",
-    "make_plan",
     "new_event_loop",
     "retry_bind",
     "run",
@@ -59,15 +66,28 @@ __all__ = [
 
 
 def __getattr__(name: str) -> Any:
-    # The policy class is built lazily: policies are deprecated from 3.14.
-    if name == "ExclusiveEventLoopPolicy":
-        from . import policy
-
-        return policy.ExclusiveEventLoopPolicy
     if name in _LAZY:
         from importlib import import_module
 
         value = getattr(import_module(_LAZY[name], __name__), name)
         globals()[name] = value
         return value
+    if name in _MOVED_TO_LOWLEVEL:
+        import warnings
+
+        warnings.warn(
+            f"aioexclusive.{name} moved to aioexclusive.lowlevel; "
+            f"import it from there (from aioexclusive.lowlevel import {name})",
+            DeprecationWarning,
+            stacklevel=2,
+        )
+        return getattr(lowlevel, name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    # The public names and the module's dunders, not the helpers imported to
+    # build it (Any, TYPE_CHECKING, annotations, the private submodules).
+    names = set(__all__) | {"lowlevel"}
+    names.update(name for name in globals() if name.startswith("__") and name.endswith("__"))
+    return sorted(names)

@@ -200,7 +200,7 @@ async def _udp_service(agents: list[Agent], exclusive: bool, on_uvloop: bool) ->
 
 def _run_on(coro_factory: Any, base: str, exclusive: bool) -> Outcome:
     if exclusive:
-        from .policy import run
+        from ._entry import run
 
         return run(coro_factory(), base=base)  # type: ignore[no-any-return]
     loop: asyncio.AbstractEventLoop

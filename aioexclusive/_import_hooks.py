@@ -104,7 +104,7 @@ def _patch_uvloop(module: ModuleType) -> None:
         mode = guard_mode()
         if mode == "off":
             return original_new()
-        from .policy import new_event_loop as exclusive
+        from ._entry import new_event_loop as exclusive
 
         # warn promises "proceeds": reuse_port=True is honoured there as uvloop
         # would; libuv's UDP SO_REUSEADDR (a cross-user hijack) is closed in every mode.

@@ -35,7 +35,7 @@ from ._errors import ExclusivityError, is_address_in_use
 from ._plan import BindPlan, Role, make_plan
 from ._server import MultiServer
 
-__all__ = ["ExclusiveLoopMixin", "LoopOptions", "exclusive_loop_class", "resolve_base"]
+__all__ = ["ExclusiveLoopMixin", "LoopOptions", "exclusive_loop_class"]
 
 _UNSET: Any = object()
 
@@ -755,58 +755,6 @@ def _clear_then_build(
 # -- building loop classes ------------------------------------------------------
 
 _CLASSES: dict[type, type] = {}
-
-
-def _uvloop() -> type:
-    try:
-        import uvloop
-    except ImportError as exc:
-        raise ImportError("base='uvloop' needs uvloop: pip install 'aioexclusive[uvloop]'") from exc
-    return uvloop.Loop
-
-
-def _winloop() -> type:
-    try:
-        import winloop
-    except ImportError as exc:
-        raise ImportError("base='winloop' needs winloop (Windows only): pip install 'aioexclusive[winloop]'") from exc
-    return winloop.Loop  # type: ignore[no-any-return]
-
-
-def _stdlib_default() -> type:
-    # What asyncio.new_event_loop() builds: Proactor on Windows, Selector elsewhere.
-    if sys.platform == "win32":
-        return asyncio.ProactorEventLoop
-    return asyncio.SelectorEventLoop
-
-
-_NAMED_BASES: dict[str, Callable[[], type]] = {
-    "asyncio": _stdlib_default,
-    "selector": lambda: asyncio.SelectorEventLoop,
-    "proactor": lambda: asyncio.ProactorEventLoop,  # type: ignore[attr-defined]
-    "uvloop": _uvloop,
-    "winloop": _winloop,
-}
-
-
-def resolve_base(base: str | type | None) -> type:
-    """The loop class named by *base* (see `aioexclusive.new_event_loop`)."""
-    if base is None:
-        return _stdlib_default()
-    if isinstance(base, str):
-        try:
-            factory = _NAMED_BASES[base]
-        except KeyError:
-            raise ValueError(
-                f"base must be one of {', '.join(map(repr, _NAMED_BASES))}, a loop class or None, got {base!r}"
-            ) from None
-        try:
-            return factory()
-        except AttributeError:
-            raise ValueError(f"base={base!r} does not exist on {sys.platform}") from None
-    if isinstance(base, type) and issubclass(base, asyncio.AbstractEventLoop):
-        return base
-    raise TypeError(f"base must be a loop class (a subclass of asyncio.AbstractEventLoop), a name or None, got {base!r}")
 
 
 _LoopT = TypeVar("_LoopT", bound=asyncio.AbstractEventLoop)

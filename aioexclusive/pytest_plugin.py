@@ -32,7 +32,7 @@ from typing import Any
 
 import pytest
 
-from .policy import new_event_loop
+from ._entry import new_event_loop
 
 __all__ = ["FACTORY_NAME", "loop_factories"]
 

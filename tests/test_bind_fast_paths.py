@@ -12,7 +12,8 @@ import socket
 import pytest
 
 import aioexclusive
-from aioexclusive import ExclusivityError, Role, make_plan
+from aioexclusive import ExclusivityError
+from aioexclusive.lowlevel import Role, make_plan
 from aioexclusive._binding import numeric_addrinfo
 
 HAS_IPV6 = socket.has_ipv6

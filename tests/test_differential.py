@@ -36,7 +36,8 @@ from typing import Any
 import pytest
 from harness import HAVE_IPV6, HAVE_UVLOOP, open_fds, warm_up_loops
 
-from aioexclusive import AddressInUseError, ExclusivityError, exclusive_loop_class
+from aioexclusive import AddressInUseError, ExclusivityError
+from aioexclusive.lowlevel import exclusive_loop_class
 from aioexclusive._errors import InvalidPortError
 
 hypothesis = pytest.importorskip("hypothesis")

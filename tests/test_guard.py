@@ -71,7 +71,7 @@ def _scenario_hypercorn(port: int) -> socket.socket:
 
 
 def _scenario_multicast(port: int) -> socket.socket:
-    from aioexclusive import make_plan
+    from aioexclusive.lowlevel import make_plan
     from aioexclusive._plan import Role
 
     # Shaped as the plan says a receiver of this platform is: the options it
@@ -419,7 +419,7 @@ def test_control_without_guard_the_attacker_wins(scenario: str, option: str, mod
 def test_multicast_receiver_untouched(mode: str) -> None:
     result = run_child("multicast", [mode])
     assert "error" not in result and result["warnings"] == []
-    from aioexclusive import make_plan
+    from aioexclusive.lowlevel import make_plan
     from aioexclusive._plan import Role
 
     for name, value in make_plan(Role.UDP_MULTICAST).set:

@@ -111,7 +111,7 @@ def test_policy_passes_options() -> None:
 
 def test_run_310_path_works_everywhere() -> None:
     # aioexclusive.run on 3.10 has its own runner; exercise it on every version.
-    from aioexclusive.policy import _run_310
+    from aioexclusive._entry import _run_310
 
     assert _run_310(_probe_loop(), aioexclusive.new_event_loop, debug=True).startswith("Exclusive")
     with pytest.raises(ValueError, match="coroutine was expected"):
@@ -136,7 +136,7 @@ def test_run_refuses_nesting() -> None:
         ({"base": "tornado"}, ValueError, "base must be one of"),
         ({"base": 42}, TypeError, "base must be a loop class"),
         ({"base": dict}, TypeError, "base must be a loop class"),
-        ({"allow_reuseport": True}, TypeError, "unexpected option 'allow_reuseport'"),
+        ({"allow_reuseport": True}, TypeError, "unexpected keyword argument 'allow_reuseport'"),
         ({"strict": "yes"}, TypeError, "must be True or False"),
     ],
 )
@@ -153,9 +153,9 @@ def test_base_class_and_names() -> None:
     with pytest.raises(ValueError, match="does not exist"):
         aioexclusive.new_event_loop("proactor")
     # Same class every time: isinstance checks and pickling stay stable.
-    cls = aioexclusive.exclusive_loop_class(asyncio.SelectorEventLoop)
-    assert aioexclusive.exclusive_loop_class(asyncio.SelectorEventLoop) is cls
-    assert aioexclusive.exclusive_loop_class(cls) is cls
+    cls = aioexclusive.lowlevel.exclusive_loop_class(asyncio.SelectorEventLoop)
+    assert aioexclusive.lowlevel.exclusive_loop_class(asyncio.SelectorEventLoop) is cls
+    assert aioexclusive.lowlevel.exclusive_loop_class(cls) is cls
 
 
 @pytest.mark.skipif(not HAVE_UVLOOP, reason="uvloop is not installed")

@@ -34,7 +34,8 @@ import pytest
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import aioexclusive
-from aioexclusive import ExclusivityError, Multicast, Role, make_plan
+from aioexclusive import ExclusivityError, Multicast
+from aioexclusive.lowlevel import Role, make_plan
 from aioexclusive._multicast import (
     FACTS,
     Interface,

@@ -38,7 +38,8 @@ import pytest
 from harness import HAVE_IPV6, needs_ipv6, run
 
 import aioexclusive
-from aioexclusive import AddressInUseError, ExclusivityError, ExclusivityWarning, make_plan
+from aioexclusive import AddressInUseError, ExclusivityError, ExclusivityWarning
+from aioexclusive.lowlevel import make_plan
 from aioexclusive._binding import apply_plan, translate_bind_error
 from aioexclusive._errors import is_address_in_use
 from aioexclusive._plan import Role

@@ -23,7 +23,7 @@ from typing import Any
 from aiohttp import web
 
 from .._loops import ExclusiveLoopMixin
-from ..policy import new_event_loop
+from .._entry import new_event_loop
 from .._unix import bind_unix_path, remove_own_path
 
 __all__ = ["run_app"]

@@ -38,7 +38,7 @@ from .._binding import audit_socket, bind_socket
 from .._errors import ExclusivityError
 from .._loops import ExclusiveLoopMixin, exclusive_loop_class
 from .._plan import Role, make_plan
-from ..policy import new_event_loop
+from .._entry import new_event_loop
 from .._unix import bind_unix_path, remove_own_path
 from . import _picklable_for_workers, _v6_default_is_dualstack
 

@@ -52,7 +52,7 @@ def read_skips(path: str) -> dict[str, str]:
 
 def swap_in_exclusive_loop() -> type:
     """Make every selector loop the tests build an exclusive one."""
-    from aioexclusive import exclusive_loop_class
+    from aioexclusive.lowlevel import exclusive_loop_class
 
     base = asyncio.SelectorEventLoop
     exclusive = exclusive_loop_class(base)
