@@ -12,13 +12,13 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from . import lowlevel
 from ._binding import bind_socket
 from ._entry import new_event_loop, run
 from ._errors import AddressInUseError, ExclusivityError, ExclusivityWarning, InvalidPortError
 from ._loops import ExclusiveLoopMixin
 
 if TYPE_CHECKING:
+    from . import lowlevel
     from ._entry import ExclusiveEventLoopPolicy
     from ._guard import guard
     from ._multicast import Multicast, MulticastTransport
@@ -66,12 +66,15 @@ __all__ = [
 
 
 def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        from importlib import import_module
+    from importlib import import_module
 
+    if name in _LAZY:
         value = getattr(import_module(_LAZY[name], __name__), name)
         globals()[name] = value
         return value
+    if name == "lowlevel":
+        # Loaded on first use too (importing it sets the attribute for good).
+        return import_module(".lowlevel", __name__)
     if name in _MOVED_TO_LOWLEVEL:
         import warnings
 
@@ -81,7 +84,7 @@ def __getattr__(name: str) -> Any:
             DeprecationWarning,
             stacklevel=2,
         )
-        return getattr(lowlevel, name)
+        return getattr(import_module(".lowlevel", __name__), name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
