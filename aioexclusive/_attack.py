@@ -47,7 +47,18 @@ def _family(host: str) -> socket.AddressFamily:
     return socket.AF_INET6 if ":" in host else socket.AF_INET
 
 
-def _open(proto: str, host: str, port: int, options: list[str] | tuple[str, ...]) -> tuple[socket.socket, str]:
+def _sockaddr(host: str, port: int) -> tuple[Any, ...]:
+    """The bind address; an IPv6 link-local ``fe80::1%eth0`` keeps its scope id (bind fails with EINVAL without it)."""
+    if "%" not in host:
+        return (host, port)
+    # getaddrinfo turns the zone (interface name or number) into the scope id.
+    info = socket.getaddrinfo(host, port, socket.AF_INET6, socket.SOCK_STREAM, 0, socket.AI_NUMERICHOST)
+    return tuple(info[0][4])
+
+
+def _open(
+    proto: str, host: str, port: int, options: list[str] | tuple[str, ...], v6only: bool = True
+) -> tuple[socket.socket, str]:
     sock = socket.socket(_family(host), socket.SOCK_STREAM if proto == "tcp" else socket.SOCK_DGRAM)
     try:
         # The attacker's sockets are shareable on purpose: the process-wide
@@ -58,23 +69,48 @@ def _open(proto: str, host: str, port: int, options: list[str] | tuple[str, ...]
             for name in options:
                 sock.setsockopt(socket.SOL_SOCKET, getattr(socket, name), 1)
             if ":" in host:
-                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
-            sock.bind((host, port))
+                # v6only=False: a dual-stack socket, which overlaps the IPv4
+                # side too (the second step of the fast-path attack).
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1 if v6only else 0)
+            sock.bind(_sockaddr(host, port))
     except BaseException:
         sock.close()
         raise
     return sock, "bind"
 
 
-def attempt(proto: str, host: str, port: int, options: list[str] | tuple[str, ...], *, listen: bool = False) -> dict[str, Any]:
+def attempt(
+    proto: str,
+    host: str,
+    port: int,
+    options: list[str] | tuple[str, ...],
+    *,
+    listen: bool = False,
+    v6only: bool = True,
+    prime: dict[str, Any] | None = None,
+) -> dict[str, Any]:
     """Try to bind (and, if *listen*, listen) next to whoever holds the port; always close at once.
 
+    *prime* (``{"host", "options", "v6only"}``) is a first bind, closed at
+    once, made before the real one: on Linux a bind that passes with
+    ``SO_REUSEPORT`` leaves the port's bind bucket in a "fast reuse" state for
+    this uid, and a later bind of the same uid may skip the conflict check
+    (the two-step attack of DESIGN section 7). A failed prime ends the attempt
+    (``stage="prime"``).
+
     Returns ``{"bound", "listened", "stage", "errno", "error"}``: *stage* is
-    where it failed (``"bind"``/``"listen"``/``"setsockopt"``) or ``None``.
+    where it failed (``"prime"``/``"bind"``/``"listen"``/``"setsockopt"``) or ``None``.
     """
     result: dict[str, Any] = {"bound": False, "listened": None, "stage": None, "errno": None, "error": None}
+    if prime is not None:
+        try:
+            first, _ = _open(proto, prime["host"], port, prime["options"], prime.get("v6only", True))
+        except OSError as exc:
+            result.update(stage="prime", errno=exc.errno, error=_errno.errorcode.get(exc.errno or 0, str(exc)))
+            return result
+        first.close()  # never listened: it took nothing, it only primed the bucket
     try:
-        sock, _ = _open(proto, host, port, options)
+        sock, _ = _open(proto, host, port, options, v6only)
     except OSError as exc:
         result.update(stage="bind", errno=exc.errno, error=_errno.errorcode.get(exc.errno or 0, str(exc)))
         return result
@@ -156,7 +192,10 @@ def _serve(rfile: IO[bytes], wfile: IO[bytes]) -> None:
         cmd: dict[str, Any] = json.loads(line)
         op = cmd.pop("op")
         if op == "attempt":
-            reply = attempt(cmd["proto"], cmd["host"], cmd["port"], cmd["options"], listen=cmd["listen"])
+            reply = attempt(
+                cmd["proto"], cmd["host"], cmd["port"], cmd["options"],
+                listen=cmd["listen"], v6only=cmd.get("v6only", True), prime=cmd.get("prime"),
+            )
         elif op == "hold":
             reply = holder.hold(cmd["proto"], cmd["host"], cmd["port"], cmd["options"])
         elif op == "collect":
@@ -235,8 +274,20 @@ class Agent:
     def whoami(self) -> dict[str, Any]:
         return self._ask(op="whoami")
 
-    def attempt(self, proto: str, host: str, port: int, options: tuple[str, ...], *, listen: bool) -> dict[str, Any]:
-        return self._ask(op="attempt", proto=proto, host=host, port=port, options=list(options), listen=listen)
+    def attempt(
+        self,
+        proto: str,
+        host: str,
+        port: int,
+        options: tuple[str, ...],
+        *,
+        listen: bool,
+        v6only: bool = True,
+        prime: dict[str, Any] | None = None,
+    ) -> dict[str, Any]:
+        return self._ask(
+            op="attempt", proto=proto, host=host, port=port, options=list(options), listen=listen, v6only=v6only, prime=prime
+        )
 
     def hold(self, proto: str, host: str, port: int, options: tuple[str, ...]) -> dict[str, Any]:
         return self._ask(op="hold", proto=proto, host=host, port=port, options=list(options))

@@ -4,8 +4,13 @@ It tries what an attacker would: every combination of ``SO_REUSEADDR`` and
 ``SO_REUSEPORT``, on the service's own address and on the wildcard (or, for a
 wildcard service, a specific address under it), as this user and, when run as
 root, as an unprivileged user (``nobody`` unless ``--user`` says otherwise,
-plus the service's own user when psutil can name it: ``SO_REUSEPORT`` only
-shares within one user). Every socket is closed as soon as its answer is known.
+plus the service's own user, read from ``/proc/net`` on Linux or from psutil:
+``SO_REUSEPORT`` only shares within one user). On Linux it also tries the
+two-step binds of the kernel fast path (DESIGN section 7): a priming
+``SO_REUSEPORT`` bind on the other family's wildcard, closed, then a
+dual-stack ``[::]`` bind with ``SO_REUSEPORT``. The final "Fix:" line names
+what helps for the program that holds the port (gRPC, granian, gunicorn, ...),
+found through psutil or ``/proc``. Every socket is closed as soon as its answer is known.
 
 Not disturbing the service is the point, and it decides how TCP is probed:
 
@@ -80,6 +85,8 @@ class Attempt:
     failed_at: str | None
     error: str | None
     co_bound: bool
+    v6only: bool = True
+    primed_with: str | None = None  # the priming bind of a two-step attempt
 
 
 def _is_wildcard(address: str) -> bool:
@@ -111,7 +118,16 @@ def _addresses(host: str, port: int, proto: str) -> list[str]:
     for family, _, _, _, sockaddr in infos:
         if family not in (socket.AF_INET, socket.AF_INET6):
             continue
-        address = str(sockaddr[0]).split("%", 1)[0]
+        # A link-local IPv6 address keeps its zone (fe80::1%eth0): without the
+        # scope id the kernel cannot tell which link, and bind fails (EINVAL).
+        address = str(sockaddr[0])
+        scope = int(sockaddr[3]) if family == socket.AF_INET6 and len(sockaddr) == 4 else 0
+        if scope and "%" not in address:
+            try:
+                zone = socket.if_indextoname(scope)
+            except OSError:
+                zone = str(scope)
+            address = f"{address}%{zone}"
         if address not in found:
             found.append(address)
     if not found:
@@ -119,10 +135,64 @@ def _addresses(host: str, port: int, proto: str) -> list[str]:
     return found
 
 
-def _run(identity: Identity, proto: str, address: str, port: int, options: tuple[str, ...], listen: bool) -> dict[str, Any]:
+def _run(
+    identity: Identity,
+    proto: str,
+    address: str,
+    port: int,
+    options: tuple[str, ...],
+    listen: bool,
+    v6only: bool = True,
+    prime: dict[str, Any] | None = None,
+) -> dict[str, Any]:
     if identity.agent is None:
-        return attempt(proto, address, port, options, listen=listen)
-    return identity.agent.attempt(proto, address, port, options, listen=listen)
+        return attempt(proto, address, port, options, listen=listen, v6only=v6only, prime=prime)
+    return identity.agent.attempt(proto, address, port, options, listen=listen, v6only=v6only, prime=prime)
+
+
+@dataclass(frozen=True)
+class _Plan:
+    """One attempt: where, with what, whether it may listen, and an optional priming bind first."""
+
+    target: str
+    what: str
+    options: tuple[str, ...]
+    listen: bool
+    v6only: bool = True
+    prime: tuple[str, bool] | None = None  # (address, v6only), bound with SO_REUSEPORT and closed first
+
+
+def _plans(address: str, proto: str) -> list[_Plan]:
+    """Every attempt against a service on *address*, single binds and two-step binds."""
+    plans: list[_Plan] = []
+    targets = [(address, "the service's address", True)]
+    if _is_wildcard(address):
+        targets.append((_loopback(address), "a specific address under the wildcard", True))
+    else:
+        targets.append((_wildcard(address), "the wildcard address", True))
+    if socket.has_ipv6:
+        # A dual-stack [::] overlaps every IPv4 and IPv6 address of the port.
+        targets.append(("::", "the dual-stack wildcard [::] (IPV6_V6ONLY=0)", False))
+    for target, what, v6only in targets:
+        for options in option_sets():
+            # Never listen with SO_REUSEPORT (it would join the service's
+            # group); elsewhere than Linux never listen.
+            listen = proto == "tcp" and ON_LINUX and "SO_REUSEPORT" not in options
+            plans.append(_Plan(target, what, options, listen, v6only))
+    if proto == "tcp" and ON_LINUX and hasattr(socket, "SO_REUSEPORT") and socket.has_ipv6 and _is_wildcard(address):
+        # The kernel fast path (DESIGN section 7): a SO_REUSEPORT bind that
+        # passes on the *other* family's wildcard leaves the port's bind
+        # bucket in "fast reuse" state for this uid; a dual-stack [::] bind
+        # with SO_REUSEPORT then skips the conflict check against the service.
+        # Neither socket listens: bind runs the same check listen does, so a
+        # bind that passes is a listen that would pass, and nothing is taken.
+        prime = ("0.0.0.0", True) if ":" in address else ("::", True)
+        plans.append(
+            _Plan("::", "the dual-stack wildcard [::] after a priming bind", ("SO_REUSEPORT",), False, False, prime)
+        )
+        if ":" in address:
+            plans.append(_Plan(address, "the service's address after a priming bind", ("SO_REUSEPORT",), False, True, prime))
+    return plans
 
 
 def _presence(me: Identity, proto: str, address: str, port: int) -> str | None:
@@ -146,6 +216,114 @@ def _presence(me: Identity, proto: str, address: str, port: int) -> str | None:
     return None
 
 
+@dataclass(frozen=True)
+class _Owner:
+    """A process holding the service's socket, as far as this machine lets us see."""
+
+    pid: int | None
+    uid: int | None
+    name: str | None
+    cmdline: str
+    grpc: bool  # grpc's C core is loaded (it binds in C, SO_REUSEPORT on by default)
+
+
+def _proc_owners(proto: str, address: str, port: int) -> list[_Owner]:
+    """The holders of *address* port *port* from ``/proc/net`` and ``/proc/*/fd``: no psutil needed (Linux).
+
+    The uid comes from the kernel's socket table, readable by every user, so
+    it is known even when the process is not (another user's, not as root).
+    """
+    if not ON_LINUX:
+        return []
+    try:
+        from ._holder import _overlaps
+        from ._procnet import read_sockets, socket_owners
+
+        rows = [
+            row
+            for row in read_sockets(("tcp", "tcp6") if proto == "tcp" else ("udp", "udp6"), ports={port})
+            if row.is_listening and _overlaps(address, row.address)
+        ]
+        scan = socket_owners({row.inode for row in rows}) if rows else None
+    except Exception:  # noqa: BLE001 - a diagnostic: never turn the probe into a traceback
+        return []
+    owners: list[_Owner] = []
+    seen: set[tuple[int | None, int]] = set()
+    for row in rows:
+        pids: list[int | None] = [pid for pid, _ in (scan.owners.get(row.inode, []) if scan is not None else [])]
+        pids = pids or [None]
+        for pid in pids:
+            if (pid, row.uid) in seen:
+                continue
+            seen.add((pid, row.uid))
+            owners.append(_describe_process(pid, row.uid))
+    return owners
+
+
+def _describe_process(pid: int | None, uid: int | None) -> _Owner:
+    name = cmdline = None
+    grpc = False
+    if pid is not None:
+        try:
+            with open(f"/proc/{pid}/comm", encoding="utf-8", errors="replace") as f:
+                name = f.read().strip()
+            with open(f"/proc/{pid}/cmdline", "rb") as fb:
+                cmdline = fb.read().replace(b"\0", b" ").decode("utf-8", "replace").strip()
+            # gRPC's C core runs threads of its own (grpc_global_timer,
+            # event_engine) once a server or channel exists; merely importing
+            # grpc starts none. Thread names are readable without ptrace.
+            for task in os.listdir(f"/proc/{pid}/task"):
+                with open(f"/proc/{pid}/task/{task}/comm", encoding="utf-8", errors="replace") as f:
+                    if f.read().startswith(("grpc_global_tim", "event_engine")):
+                        grpc = True
+                        break
+        except OSError:
+            pass
+    return _Owner(pid, uid, name, cmdline or "", grpc)
+
+
+def _advice(owners: list[_Owner]) -> str:
+    """The "Fix:" line: what helps for the program that holds the port (it may not bind in Python at all)."""
+    generic = (
+        "open the service on an exclusive loop (loop_factory=aioexclusive.new_event_loop) or bind it "
+        "with aioexclusive.bind_socket(); see `python -m aioexclusive plan`."
+    )
+    hints: list[str] = []
+    for owner in owners:
+        words = f"{owner.name or ''} {owner.cmdline}".lower()
+        who = f"pid {owner.pid} ({owner.name})" if owner.pid is not None else "the holder"
+        if owner.grpc or "grpc" in words:
+            hint = (
+                f"{who} is a gRPC server, which binds in C with SO_REUSEPORT on by default: create it with "
+                'options=[("grpc.so_reuseport", 0)] (aioexclusive.contrib.grpc does that)'
+            )
+        elif "granian" in words:
+            hint = (
+                f"{who} is granian, which binds in Rust: the exclusive loop cannot reach its sockets; start it "
+                "without SO_REUSEPORT sharing (no --reuse-port style option, a single process per socket) or pass "
+                "it a socket bound by aioexclusive.bind_socket() if your version accepts one"
+            )
+        elif "gunicorn" in words:
+            hint = (
+                f"{who} is gunicorn: drop --reuse-port (reuse_port = False), and with uvicorn workers use "
+                "aioexclusive.contrib.uvicorn"
+            )
+        elif "hypercorn" in words:
+            hint = f"{who} is hypercorn: use aioexclusive.contrib.hypercorn.ExclusiveConfig"
+        elif "uvicorn" in words:
+            hint = f"{who} is uvicorn: use aioexclusive.contrib.uvicorn (or --loop aioexclusive:new_event_loop)"
+        elif owner.name is not None and not owner.name.startswith("python") and "python" not in words:
+            hint = (
+                f"{who} is not a Python program: aioexclusive cannot change how it binds; turn off its "
+                "SO_REUSEPORT/SO_REUSEADDR option in its own configuration"
+            )
+        else:
+            continue
+        if hint not in hints:
+            hints.append(hint)
+    return "; ".join(hints) + "." if hints else generic
+
+
 def _identities(users: list[str] | None, holder_uids: set[int]) -> list[Identity]:
     is_root = hasattr(os, "geteuid") and os.geteuid() == 0
     me_uid = os.getuid() if hasattr(os, "getuid") else None
@@ -165,7 +343,7 @@ def _identities(users: list[str] | None, holder_uids: set[int]) -> list[Identity
         wanted.append((name, uid, gid))
     if not users:
         # SO_REUSEPORT only shares with the same user: ask as the service's
-        # own user too, when psutil could tell who that is.
+        # own user too (from /proc/net or psutil).
         for uid in sorted(holder_uids):
             if uid != me_uid and all(uid != w[1] for w in wanted):
                 wanted.append((f"uid {uid} (the service's user)", uid, _gid_of(uid)))
@@ -192,6 +370,13 @@ def _gid_of(uid: int) -> int:
 def _meaning(a: Attempt, proto: str) -> str:
     unit = "connections" if proto == "tcp" else "datagrams"
     options = "+".join(a.options) or "no options"
+    if a.primed_with is not None:
+        return (
+            f"{a.user} can bind {a.address} with {options}"
+            + ("" if a.v6only else " and IPV6_V6ONLY=0")
+            + f" after a priming bind of {a.primed_with} with SO_REUSEPORT (kernel fast path: the conflict check "
+            f"is skipped); such a listener competes for the service's {unit} and, with SO_INCOMING_CPU, wins them"
+        )
     if a.target == "the service's address":
         # SO_REUSEPORT alone: the kernel balances between the sockets; with
         # SO_REUSEADDR (UDP) the newest socket may get everything.
@@ -218,36 +403,38 @@ def probe(host: str, port: int, *, udp: bool = False, users: list[str] | None = 
     if not present:
         raise ProbeError("; ".join(absent) + ": start the service first, then probe it")
     holders = [h for address in present for h in find_holders(proto.upper(), address, port)]
-    identities = _identities(users, {h.uid for h in holders if h.uid is not None})
+    owners = [o for address in present for o in _proc_owners(proto, address, port)]
+    # The service's uid: psutil's answer, or the kernel's socket table (no
+    # psutil needed; SO_REUSEPORT shares within one uid, so it must be tried).
+    holder_uids = {h.uid for h in holders if h.uid is not None} | {o.uid for o in owners if o.uid is not None}
+    if not owners and holders:
+        owners = [_describe_process(h.pid, h.uid) for h in holders]
+    identities = _identities(users, holder_uids)
     attempts: list[Attempt] = []
     try:
         for identity in identities:
             for address in present:
-                targets = [(address, "the service's address")]
-                if _is_wildcard(address):
-                    targets.append((_loopback(address), "a specific address under the wildcard"))
-                else:
-                    targets.append((_wildcard(address), "the wildcard address"))
-                for target, what in targets:
-                    for options in option_sets():
-                        # Never listen with SO_REUSEPORT (it would join the
-                        # service's group); elsewhere than Linux never listen.
-                        listen = proto == "tcp" and ON_LINUX and "SO_REUSEPORT" not in options
-                        r = _run(identity, proto, target, port, options, listen)
-                        attempts.append(
-                            Attempt(
-                                user=identity.label,
-                                uid=identity.uid,
-                                address=target,
-                                target=what,
-                                options=list(options),
-                                bound=r["bound"],
-                                listened=r["listened"],
-                                failed_at=r["stage"],
-                                error=r["error"],
-                                co_bound=bool(r["bound"]) and r["listened"] is not False,
-                            )
+                for plan in _plans(address, proto):
+                    prime = None
+                    if plan.prime is not None:
+                        prime = {"host": plan.prime[0], "options": ["SO_REUSEPORT"], "v6only": plan.prime[1]}
+                    r = _run(identity, proto, plan.target, port, plan.options, plan.listen, plan.v6only, prime)
+                    attempts.append(
+                        Attempt(
+                            user=identity.label,
+                            uid=identity.uid,
+                            address=plan.target,
+                            target=plan.what,
+                            options=list(plan.options),
+                            bound=r["bound"],
+                            listened=r["listened"],
+                            failed_at=r["stage"],
+                            error=r["error"],
+                            co_bound=bool(r["bound"]) and r["listened"] is not False,
+                            v6only=plan.v6only,
+                            primed_with=None if plan.prime is None else plan.prime[0],
                         )
+                    )
     finally:
         for identity in identities:
             if identity.agent is not None:
@@ -259,10 +446,14 @@ def probe(host: str, port: int, *, udp: bool = False, users: list[str] | None = 
         "protocol": proto.upper(),
         "addresses": present,
         "not_held": absent,
-        "holders": [str(h) for h in holders],
+        "holders": [str(h) for h in holders]
+        or [f"pid {o.pid} ({o.name}, uid {o.uid})" if o.pid is not None else f"uid {o.uid}" for o in owners],
+        "fix": _advice(owners),
         "users": [i.label for i in identities],
         "attempts": [asdict(a) for a in attempts],
         "shareable": bool(findings),
+        # Found only by a two-step bind (prime, close, bind again): see DESIGN section 7.
+        "kernel_fast_path": any(a.primed_with is not None for a in findings),
         "findings": [_meaning(a, proto) for a in findings],
         "exit": 1 if findings else 0,
     }
@@ -283,19 +474,21 @@ def _show(out: Out, report: dict[str, Any]) -> None:
             result = "CO-BOUND" + (" and listened" if a["listened"] else "")
         else:
             result = f"refused at {a['failed_at']} ({a['error']})"
-        rows.append([a["user"], a["address"], "+".join(a["options"]) or "-", result])
+        options = "+".join(a["options"]) or "-"
+        if not a.get("v6only", True):
+            options += " V6ONLY=0"
+        if a.get("primed_with"):
+            options = f"{a['primed_with']} then {options}"
+        rows.append([a["user"], a["address"], options, result])
         marked.append(a["co_bound"])
     out.table(["user", "address", "options", "result"], rows, marked=marked)
     out.line()
     if report["shareable"]:
-        out.line(f"shareable: {len(report['findings'])} attempt(s) could co-bind (marked *):", "bad")
+        fast_path = " (kernel fast path)" if report.get("kernel_fast_path") else ""
+        out.line(f"shareable{fast_path}: {len(report['findings'])} attempt(s) could co-bind (marked *):", "bad")
         for finding in report["findings"]:
             out.line(f"  - {finding}")
-        out.line(
-            "Fix: open the service on an exclusive loop (loop_factory=aioexclusive.new_event_loop) or bind it "
-            "with aioexclusive.bind_socket(); see `python -m aioexclusive plan`.",
-            "note",
-        )
+        out.line(f"Fix: {report['fix']}", "note")
     else:
         out.line(f"exclusive: none of the {len(report['attempts'])} attempts could co-bind.", "good")
 

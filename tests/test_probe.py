@@ -1,0 +1,361 @@
+"""``python -m aioexclusive probe``: it must find what an attacker can do (issue 14), without disturbing the service.
+
+Every victim here is built from plain sockets (or a real gRPC server), so the
+tests do not depend on how the library itself binds; every finding the probe
+reports is checked against a real attacker that takes the connections, and
+every "exclusive" against the same attacker failing.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import textwrap
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import pytest
+
+pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="Linux kernel rules and /proc")
+
+IS_ROOT = hasattr(os, "geteuid") and os.geteuid() == 0
+NOBODY = 65534
+SO_INCOMING_CPU = getattr(socket, "SO_INCOMING_CPU", 49)
+HIDE_PSUTIL = "import sys\nsys.modules['psutil'] = None"
+
+
+def _ipv6() -> bool:
+    try:
+        with socket.socket(socket.AF_INET6) as s:
+            s.bind(("::1", 0))
+        return True
+    except OSError:
+        return False
+
+
+needs_ipv6 = pytest.mark.skipif(not _ipv6(), reason="IPv6 is not available here")
+needs_root = pytest.mark.skipif(not IS_ROOT, reason="needs root (another user's attacker, namespaces)")
+
+
+def probe_cli(*args: str, pre: str = "") -> tuple[int, dict]:  # type: ignore[type-arg]
+    """``python -m aioexclusive probe ARGS --json`` in a subprocess (*pre*: Python run first)."""
+    argv = ["probe", *args, "--json"]
+    command = [sys.executable, "-c", f"{pre}\nimport sys\nfrom aioexclusive._cli import main\nsys.exit(main({argv!r}))"]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=120)
+    assert result.stdout, result.stderr
+    return result.returncode, json.loads(result.stdout)
+
+
+def _v6only_wildcard_listener(*, hold_ipv4: bool) -> list[socket.socket]:
+    """What a plain asyncio ``create_server(host="::")`` makes; *hold_ipv4*: plus the IPv4 side held, as exclusive loops do."""
+    service = socket.socket(socket.AF_INET6, socket.SOCK_STREAM)
+    service.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    service.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+    service.bind(("::", 0))
+    service.listen(64)
+    sockets = [service]
+    if hold_ipv4:
+        hold = socket.socket(socket.AF_INET, socket.SOCK_STREAM)  # no options, never listens
+        hold.bind(("0.0.0.0", service.getsockname()[1]))
+        sockets.append(hold)
+    return sockets
+
+
+def _fast_path_attacker(port: int, uid: int | None) -> tuple[int, int]:
+    """The real attack, in a forked process (as *uid*): prime, close, dual-stack listen; returns (pid, read fd).
+
+    The child writes ``ok`` once it listens (or ``refused ERR``), then on a
+    line from the parent counts the connections waiting for it and writes the number.
+    """
+    to_child_r, to_child_w = os.pipe()
+    from_child_r, from_child_w = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - the child
+        code = 0
+        try:
+            os.close(to_child_w)
+            os.close(from_child_r)
+            if uid is not None:
+                os.setgroups([])
+                os.setgid(uid)
+                os.setuid(uid)
+            try:
+                prime = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+                prime.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+                prime.bind(("0.0.0.0", port))
+                prime.close()
+                thief = socket.socket(socket.AF_INET6, socket.SOCK_STREAM)
+                thief.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+                thief.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+                # Scores one point above the service for connections handled
+                # on CPU 0 (the parent connects pinned to it).
+                thief.setsockopt(socket.SOL_SOCKET, SO_INCOMING_CPU, 0)
+                thief.bind(("::", port))
+                thief.listen(64)
+            except OSError as exc:
+                os.write(from_child_w, f"refused {exc.errno}\n".encode())
+                os._exit(0)
+            os.write(from_child_w, b"ok\n")
+            os.read(to_child_r, 10)
+            thief.setblocking(False)
+            count = 0
+            while True:
+                try:
+                    conn, _ = thief.accept()
+                except BlockingIOError:
+                    break
+                conn.close()
+                count += 1
+            os.write(from_child_w, f"{count}\n".encode())
+            os.read(to_child_r, 10)
+        except BaseException:
+            code = 1
+        finally:
+            os._exit(code)
+    os.close(to_child_r)
+    os.close(from_child_w)
+    return pid, from_child_r * 1000 + to_child_w
+
+
+@contextmanager
+def attacker(port: int, uid: int | None) -> Iterator[tuple[str, object]]:
+    pid, fds = _fast_path_attacker(port, uid)
+    read_fd, write_fd = divmod(fds, 1000)
+    reader = os.fdopen(read_fd, "r")
+
+    def count() -> int:
+        os.write(write_fd, b"go\n")
+        return int(reader.readline())
+
+    try:
+        yield reader.readline().strip(), count
+    finally:
+        os.close(write_fd)
+        reader.close()
+        os.waitpid(pid, 0)
+
+
+def _connections_to(service: socket.socket, host: str, n: int) -> int:
+    """Connect *n* times to *host* from CPU 0 (loopback handles the SYN there); how many did *service* get?"""
+    port = service.getsockname()[1]
+    affinity = os.sched_getaffinity(0)
+    os.sched_setaffinity(0, {0})
+    try:
+        clients = [socket.create_connection((host, port), timeout=5) for _ in range(n)]
+    finally:
+        os.sched_setaffinity(0, affinity)
+    service.setblocking(False)
+    got = 0
+    try:
+        while True:
+            try:
+                conn, _ = service.accept()
+            except BlockingIOError:
+                break
+            conn.close()
+            got += 1
+    finally:
+        service.setblocking(True)
+        for client in clients:
+            client.close()
+    return got
+
+
+# -- 14.1: the IPv6 wildcard and the kernel fast path -------------------------------------
+
+
+@needs_ipv6
+def test_v6only_wildcard_listener_is_found_shareable_by_the_fast_path() -> None:
+    sockets = _v6only_wildcard_listener(hold_ipv4=False)
+    service = sockets[0]
+    port = service.getsockname()[1]
+    try:
+        code, report = probe_cli("::", str(port))
+        assert code == 1, report
+        assert report["shareable"] and report["kernel_fast_path"], report["findings"]
+        primed = [a for a in report["attempts"] if a["co_bound"] and a["primed_with"]]
+        assert primed and all(not a["listened"] for a in primed)
+        if IS_ROOT:
+            assert any(a["uid"] == NOBODY for a in primed), "another user can do it too"
+        # The probe took nothing: every connection still reaches the service.
+        assert _connections_to(service, "::1", 10) == 10
+        # ...and its finding is real: the attacker it describes takes connections.
+        with attacker(port, NOBODY if IS_ROOT else None) as (status, count):
+            assert status == "ok"
+            got = _connections_to(service, "::1", 20)
+            stolen = count()  # type: ignore[operator]
+        assert stolen > 0 and got + stolen == 20, (got, stolen)
+    finally:
+        for sock in sockets:
+            sock.close()
+
+
+@needs_ipv6
+def test_v6only_wildcard_with_its_ipv4_side_held_is_exclusive() -> None:
+    sockets = _v6only_wildcard_listener(hold_ipv4=True)
+    service = sockets[0]
+    port = service.getsockname()[1]
+    try:
+        code, report = probe_cli("::", str(port))
+        assert code == 0, report["findings"]
+        assert not report["kernel_fast_path"]
+        assert any(a["failed_at"] == "prime" for a in report["attempts"])
+        with attacker(port, NOBODY if IS_ROOT else None) as (status, _):
+            assert status.startswith("refused"), status
+        assert _connections_to(service, "::1", 10) == 10
+    finally:
+        for sock in sockets:
+            sock.close()
+
+
+# -- 14.3: the service's own uid without psutil --------------------------------------------
+
+
+@contextmanager
+def _reuseport_service_as(uid: int) -> Iterator[int]:
+    """A TCP listener with SO_REUSEPORT on 127.0.0.1, held by a process of *uid*; yields its port."""
+    r, w = os.pipe()
+    done_r, done_w = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - the child
+        try:
+            os.close(r)
+            os.close(done_w)
+            os.setgroups([])
+            os.setgid(uid)
+            os.setuid(uid)
+            sock = socket.socket()
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+            sock.bind(("127.0.0.1", 0))
+            sock.listen(8)
+            os.write(w, f"{sock.getsockname()[1]}\n".encode())
+            os.read(done_r, 1)
+        finally:
+            os._exit(0)
+    os.close(w)
+    os.close(done_r)
+    try:
+        with os.fdopen(r) as reader:
+            yield int(reader.readline())
+    finally:
+        os.close(done_w)
+        os.waitpid(pid, 0)
+
+
+@needs_root
+def test_without_psutil_the_services_own_uid_is_tried() -> None:
+    with _reuseport_service_as(1000) as port:
+        code, report = probe_cli("127.0.0.1", str(port), pre=HIDE_PSUTIL)
+        assert code == 1, report
+        assert any("uid 1000" in user for user in report["users"]), report["users"]
+        assert any(a["co_bound"] and a["uid"] == 1000 for a in report["attempts"])
+        assert any("uid 1000" in finding for finding in report["findings"])
+
+
+# -- 14.4: link-local addresses keep their scope id ------------------------------------------
+
+NETNS_SCRIPT = textwrap.dedent(
+    """
+    import json, socket, subprocess, sys
+    sys.path.insert(0, sys.argv[1])
+    subprocess.run(["ip", "link", "set", "lo", "up"], check=True)
+    subprocess.run(["ip", "-6", "addr", "add", "fe80::1/64", "dev", "lo", "nodad"], check=True)
+    from aioexclusive._probe import probe
+    out = {}
+    for name, options in (("reuseport", [socket.SO_REUSEPORT]), ("plain", [])):
+        s = socket.socket(socket.AF_INET6)
+        for option in options:
+            s.setsockopt(socket.SOL_SOCKET, option, 1)
+        s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+        s.bind(socket.getaddrinfo("fe80::1%lo", 0, socket.AF_INET6, socket.SOCK_STREAM)[0][4])
+        s.listen()
+        report = probe("fe80::1%lo", s.getsockname()[1])
+        out[name] = {"exit": report["exit"], "addresses": report["addresses"]}
+        s.close()
+    print(json.dumps(out))
+    """
+)
+
+
+def _netns_unavailable() -> str | None:
+    if not IS_ROOT:
+        return "network namespaces need root"
+    for tool in ("unshare", "ip"):
+        if subprocess.run(["sh", "-c", f"command -v {tool}"], capture_output=True).returncode != 0:
+            return f"{tool} is not installed"
+    probe = subprocess.run(["unshare", "--net", "true"], capture_output=True, text=True)
+    if probe.returncode != 0:
+        return f"unshare --net is not permitted here: {probe.stderr.strip()}"
+    return None
+
+
+def test_link_local_address_keeps_its_scope_id() -> None:
+    reason = _netns_unavailable()
+    if reason:
+        pytest.skip(reason)
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    result = subprocess.run(
+        ["unshare", "--net", sys.executable, "-c", NETNS_SCRIPT, root], capture_output=True, text=True, timeout=120
+    )
+    assert result.returncode == 0, result.stderr
+    out = json.loads(result.stdout)
+    # Before the fix: "cannot probe ... EINVAL" (the scope id was dropped).
+    assert out["reuseport"]["exit"] == 1, out
+    assert out["plain"]["exit"] == 0, out
+    assert out["plain"]["addresses"] == ["fe80::1%lo"]
+
+
+# -- 14.12: the Fix line names what helps for the program holding the port ----------------
+
+GRPC_SERVER = textwrap.dedent(
+    """
+    import sys
+    from concurrent import futures
+    import grpc
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=1))
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    print(port, flush=True)
+    sys.stdin.read()
+    server.stop(0)
+    """
+)
+
+
+def test_fix_line_for_a_grpc_server_points_to_grpc_options() -> None:
+    pytest.importorskip("grpc")
+    server = subprocess.Popen(
+        [sys.executable, "-c", GRPC_SERVER], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert server.stdout is not None
+        port = int(server.stdout.readline())
+        for pre in ("", HIDE_PSUTIL):
+            code, report = probe_cli("127.0.0.1", str(port), pre=pre)
+            # grpcio binds in C with SO_REUSEPORT on: same-user sharing.
+            assert code == 1, report
+            assert "grpc.so_reuseport" in report["fix"], report["fix"]
+            assert "new_event_loop" not in report["fix"]
+            assert any(str(server.pid) in holder for holder in report["holders"]), report["holders"]
+    finally:
+        assert server.stdin is not None
+        server.stdin.close()
+        server.wait(timeout=30)
+        assert server.stdout is not None
+        server.stdout.close()
+
+
+def test_fix_line_for_a_python_service_points_to_the_exclusive_loop() -> None:
+    service = socket.socket()
+    service.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    service.bind(("127.0.0.1", 0))
+    service.listen()
+    try:
+        code, report = probe_cli("127.0.0.1", str(service.getsockname()[1]), pre=HIDE_PSUTIL)
+        assert code == 1
+        assert "new_event_loop" in report["fix"]
+    finally:
+        service.close()
