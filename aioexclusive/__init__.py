@@ -76,15 +76,21 @@ def __getattr__(name: str) -> Any:
         # Loaded on first use too (importing it sets the attribute for good).
         return import_module(".lowlevel", __name__)
     if name in _MOVED_TO_LOWLEVEL:
+        import sys
         import warnings
 
+        value = getattr(import_module(".lowlevel", __name__), name)
+        if sys._getframe(1).f_globals.get("__name__") == "importlib._bootstrap":
+            # The hasattr() that `from aioexclusive import X` makes first: the
+            # statement itself reads the name next and warns at the user's line.
+            return value
         warnings.warn(
             f"aioexclusive.{name} moved to aioexclusive.lowlevel; "
             f"import it from there (from aioexclusive.lowlevel import {name})",
             DeprecationWarning,
             stacklevel=2,
         )
-        return getattr(import_module(".lowlevel", __name__), name)
+        return value
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 

@@ -135,8 +135,11 @@ def test_moved_names_still_work_and_warn(name: str) -> None:
 
 
 def test_moved_names_warn_on_from_import() -> None:
-    with pytest.warns(DeprecationWarning, match="aioexclusive.lowlevel"):
-        from aioexclusive import make_plan  # noqa: F401
+    with pytest.warns(DeprecationWarning, match="aioexclusive.lowlevel") as caught:
+        from aioexclusive import make_plan
+    assert make_plan is aioexclusive.lowlevel.make_plan
+    # Once, at the import statement (not also inside importlib's own hasattr).
+    assert [w.filename for w in caught] == [__file__]
 
 
 def test_unknown_name_is_attribute_error() -> None:
