@@ -18,7 +18,7 @@ from ._errors import AddressInUseError, ExclusivityError, ExclusivityWarning, In
 from ._loops import ExclusiveLoopMixin
 
 if TYPE_CHECKING:
-    from . import lowlevel
+    from . import lowlevel as lowlevel  # for type checkers: aioexclusive.lowlevel.X
     from ._entry import ExclusiveEventLoopPolicy
     from ._guard import guard
     from ._multicast import Multicast, MulticastTransport

@@ -74,15 +74,15 @@ def resolve_base(base: str | type | None) -> type[asyncio.AbstractEventLoop]:
             raise ValueError(f"base={base!r} does not exist on {sys.platform}") from None
     if isinstance(base, type) and issubclass(base, asyncio.AbstractEventLoop):
         return base
-    raise TypeError(f"base must be a loop class (a subclass of asyncio.AbstractEventLoop), a name or None, got {base!r}")
+    raise TypeError(
+        f"base must be a loop class (a subclass of asyncio.AbstractEventLoop), a name or None, got {base!r}"
+    )
 
 
 # -- entry points -----------------------------------------------------------------
 
 
-def _options(
-    caller: str, allow_reuse_port: bool, strict: bool, bind_retry: tuple[int, float] | None
-) -> LoopOptions:
+def _options(caller: str, allow_reuse_port: bool, strict: bool, bind_retry: tuple[int, float] | None) -> LoopOptions:
     # The typed keywords are checked at run time as before (callers without a
     # type checker pass strings and lists): the same checks and messages.
     # bind_retry=None needs no check, and leaving it out keeps _restart (which
