@@ -730,3 +730,33 @@ def test_refused_live_path_cannot_be_removed_by_this_process(path: str) -> None:
     finally:
         child.stop()
     os.remove(path)  # stale now: nothing to protect
+
+
+@pytest.mark.cross_user
+@pytest.mark.skipif(not hasattr(os, "geteuid") or os.geteuid() != 0, reason="needs root to drop to uid 65534")
+def test_another_user_cannot_take_the_replacement_lock(path: str) -> None:
+    import aioexclusive._unix as unix
+
+    lock = unix._ReplaceLock(path)
+    assert lock._file is not None
+    directory = os.path.dirname(lock._file)
+    st = os.lstat(directory)
+    assert st.st_uid == os.geteuid() and not st.st_mode & 0o077
+    lock.acquire()
+    try:
+        assert lock._fd is not None  # held now, by us
+
+        def take_it() -> int:
+            import fcntl
+
+            fd = os.open(lock._file or "", os.O_RDONLY)
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return fd
+
+        with pytest.raises(RuntimeError, match="helper process failed"):
+            _Child(take_it, uid=65534)
+        # Control: the same user could open the socket's directory and flock it (the old lock).
+        _Child(_hold_directory_flock(os.path.dirname(path)), uid=65534).stop()
+    finally:
+        lock.release()
+    assert not os.path.exists(lock._file or "")  # removed after use
