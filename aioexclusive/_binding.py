@@ -8,6 +8,7 @@ leaves, so a failed ``create_server`` leaks no file descriptor.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import errno
 import functools
 import os
@@ -42,8 +43,12 @@ AddrInfo = tuple[socket.AddressFamily, socket.SocketKind, int, str, Any]
 HostArg = Union[str, Sequence[str], None]
 
 _HAS_IPV6 = socket.has_ipv6 and hasattr(socket, "IPPROTO_IPV6")
-# asyncio words a failed bind with str(exc) from 3.13 on, with exc.strerror before.
+# asyncio words a failed bind with str(exc) from 3.13 on, with exc.strerror before;
+# uvloop keeps the strerror. A loop sets the context variable while it binds.
 _BIND_MESSAGE_STR = sys.version_info >= (3, 13)
+bind_message_from_str: contextvars.ContextVar[bool] = contextvars.ContextVar(
+    "bind_message_from_str", default=_BIND_MESSAGE_STR
+)
 
 
 def _port_number(port: object) -> int | None:
@@ -366,7 +371,7 @@ def translate_bind_error(exc: OSError, role: Role, sockaddr: Any) -> OSError:
     if role.protocol == "TCP":
         # asyncio's create_server/create_connection wording; 3.13 switched
         # from the strerror to str(exc) ("[errno 98] address already in use").
-        detail = str(exc) if _BIND_MESSAGE_STR or not exc.strerror else exc.strerror
+        detail = str(exc) if bind_message_from_str.get() or not exc.strerror else exc.strerror
         msg: str | None = f"error while attempting to bind on address {sockaddr!r}: {detail.lower()}"
     else:
         # asyncio's create_datagram_endpoint lets bind's own error through.

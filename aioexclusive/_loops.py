@@ -18,6 +18,8 @@ from dataclasses import dataclass, fields
 from typing import TYPE_CHECKING, Any, Callable, ClassVar, TypeVar
 
 from ._binding import (
+    _BIND_MESSAGE_STR,
+    bind_message_from_str,
     audit_socket,
     bind_now,
     check_port,
@@ -226,12 +228,17 @@ class ExclusiveLoopMixin(_LoopBase):
             skip_unavailable=stdlib_313,
         )
         retry = self._exclusive_options.bind_retry
-        if retry is None:
-            sockets = bind()
-        else:
-            from ._restart import retry_bind
+        # Bind errors in this base loop's words (uvloop keeps the pre-3.13 wording).
+        wording = bind_message_from_str.set(_BIND_MESSAGE_STR and isinstance(self, asyncio.BaseEventLoop))
+        try:
+            if retry is None:
+                sockets = bind()
+            else:
+                from ._restart import retry_bind
 
-            sockets = await retry_bind(bind, attempts=retry[0], delay=retry[1])
+                sockets = await retry_bind(bind, attempts=retry[0], delay=retry[1])
+        finally:
+            bind_message_from_str.reset(wording)
         if not sockets:
             return await self._exclusive_no_socket(infos, protocol_factory, backlog, start_serving, stdlib_313, tls)
         servers: list[asyncio.AbstractServer] = []
@@ -320,10 +327,9 @@ class ExclusiveLoopMixin(_LoopBase):
                 return await super().create_datagram_endpoint(
                     protocol_factory, reuse_address=reuse_address
                 )
-            if not reuse_address and sock is None:
-                warnings.warn(
-                    _REUSE_ADDRESS_DEPRECATED["asyncio" if stdlib else "uvloop"], DeprecationWarning, stacklevel=2
-                )
+            if not reuse_address and sock is None and not stdlib:
+                # uvloop warns first thing; asyncio (3.10) once the addresses are resolved, below.
+                warnings.warn(_REUSE_ADDRESS_DEPRECATED["uvloop"], DeprecationWarning, stacklevel=2)
         if multicast is not None and multicast is not False:
             # An opt-in: its module is loaded on first use (see __init__).
             from ._multicast import create_multicast_endpoint
@@ -392,6 +398,8 @@ class ExclusiveLoopMixin(_LoopBase):
             )
         self._exclusive_check_open()
         candidates = await self._exclusive_datagram_candidates(local_addr, remote_addr, family, proto, flags)
+        if stdlib and reuse_address is not _UNSET and not reuse_address:
+            warnings.warn(_REUSE_ADDRESS_DEPRECATED["asyncio"], DeprecationWarning, stacklevel=2)
         errors: list[OSError] = []
         for (fam, pro), (local, remote) in candidates:
             try:
@@ -423,7 +431,8 @@ class ExclusiveLoopMixin(_LoopBase):
             # base loop's own test and words (uvloop also takes a list).
             name = ("local_addr", "remote_addr")[index]
             if stdlib and not (isinstance(addr, tuple) and len(addr) == 2):
-                raise TypeError("2-tuple is expected")
+                # An assert in asyncio before 3.11, a TypeError since.
+                raise (TypeError if sys.version_info >= (3, 11) else AssertionError)("2-tuple is expected")
             if not stdlib and not (isinstance(addr, (tuple, list)) and len(addr) == 2):
                 raise TypeError(f"{name} must be a tuple of (host, port)")
             for fam, _, pro, _, sockaddr in await resolve(
