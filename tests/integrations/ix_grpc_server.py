@@ -1,7 +1,8 @@
 """A gRPC echo server as an unmodified program would write it (tests of AIOEXCLUSIVE_GUARD's grpc hook).
 
-usage: ix_grpc_server.py sync|aio HOST [share]
-``share`` passes options=[("grpc.so_reuseport", 1)] (grpc's multiprocessing pattern).
+usage: ix_grpc_server.py sync|aio|contrib-sync|contrib-aio HOST [share]
+``share`` passes options=[("grpc.so_reuseport", 1)] (grpc's multiprocessing pattern; the contrib kinds add
+allow_reuse_port=True). The contrib kinds use aioexclusive.contrib.grpc.server / aio_server.
 Prints "PORT <n>" once serving, then serves until SIGINT/SIGTERM. Each call answers with this pid.
 """
 
@@ -26,10 +27,18 @@ HANDLER = grpc.method_handlers_generic_handler("ix.Echo", {"Echo": grpc.unary_un
 
 def main() -> None:
     kind, host = sys.argv[1], sys.argv[2]
-    options = [("grpc.so_reuseport", 1)] if sys.argv[3:] == ["share"] else None
+    share = sys.argv[3:] == ["share"]
+    options = [("grpc.so_reuseport", 1)] if share else None
     target = f"[{host}]:0" if ":" in host else f"{host}:0"
+    make_sync, make_aio, extra = grpc.server, grpc.aio.server, {}
+    if kind.startswith("contrib-"):
+        from aioexclusive.contrib import grpc as exclusive_grpc
+
+        make_sync, make_aio = exclusive_grpc.server, exclusive_grpc.aio_server
+        extra = {"allow_reuse_port": share}
+        kind = kind[len("contrib-") :]
     if kind == "sync":
-        server = grpc.server(futures.ThreadPoolExecutor(4), handlers=[HANDLER], options=options)
+        server = make_sync(futures.ThreadPoolExecutor(4), handlers=[HANDLER], options=options, **extra)
         port = server.add_insecure_port(target)
         server.start()
         print(f"PORT {port}", flush=True)
@@ -41,7 +50,7 @@ def main() -> None:
         return
 
     async def serve() -> None:
-        server = grpc.aio.server(handlers=[HANDLER], options=options)
+        server = make_aio(handlers=[HANDLER], options=options, **extra)
         port = server.add_insecure_port(target)
         await server.start()
         print(f"PORT {port}", flush=True)

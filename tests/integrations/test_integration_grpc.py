@@ -8,21 +8,19 @@ Linux TCP listener), and makes a real call afterwards.
 
 from __future__ import annotations
 
-import asyncio
+import json
 import os
+import subprocess
 import sys
 from collections.abc import Iterator
-from concurrent import futures
-from typing import Any
 
 import pytest
 
 pytestmark = pytest.mark.skipif(
     not sys.platform.startswith("linux"), reason="grpc's SO_REUSEPORT default and the forked attacker are Linux's"
 )
-grpc = pytest.importorskip("grpc")
+pytest.importorskip("grpc")  # importing starts no gRPC thread; servers and channels would
 
-from aioexclusive import AddressInUseError, ExclusivityError  # noqa: E402
 from ix_support import (  # noqa: E402
     HERE,
     LOOPBACK_HOSTS,
@@ -30,10 +28,12 @@ from ix_support import (  # noqa: E402
     ServerProcess,
     assert_attacker_cannot_listen,
     attacker_steals,
-    free_port,
+    child_env,
 )
 
 SERVER = os.path.join(HERE, "ix_grpc_server.py")
+CLIENT = os.path.join(HERE, "ix_grpc_client.py")
+CHECKS = os.path.join(HERE, "ix_grpc_checks.py")
 
 
 def target(host: str, port: int) -> str:
@@ -41,16 +41,10 @@ def target(host: str, port: int) -> str:
 
 
 def call(host: str, port: int) -> bytes:
-    """One real unary gRPC call; the server answers with its pid."""
-    with grpc.insecure_channel(target(host, port)) as channel:
-        return channel.unary_unary("/ix.Echo/Echo")(b"x", timeout=30)  # type: ignore[no-any-return]
-
-
-def echo(request: bytes, context: Any) -> bytes:
-    return b"pid %d" % os.getpid()
-
-
-HANDLER = grpc.method_handlers_generic_handler("ix.Echo", {"Echo": grpc.unary_unary_rpc_method_handler(echo)})
+    """One real unary gRPC call, from a client process of its own; the server answers with its pid."""
+    result = subprocess.run([PY, CLIENT, host, str(port)], env=child_env(), capture_output=True, timeout=120, cwd=HERE)
+    assert result.returncode == 0, result.stderr.decode(errors="replace")
+    return result.stdout.strip()
 
 
 @pytest.fixture
@@ -84,7 +78,6 @@ def test_guard_gives_unmodified_grpc_servers_an_exclusive_port(  # type: ignore[
     guard_env.setenv("AIOEXCLUSIVE_GUARD", mode)
     with start(kind, "127.0.0.1") as server:
         port = int(server.wait_for(r"PORT (\d+)").group(1))
-        assert call("127.0.0.1", port).startswith(b"pid ")
         assert_attacker_cannot_listen(same_user_attacker, "127.0.0.1", port)
         assert call("127.0.0.1", port) == b"pid %d" % server.proc.pid
     assert "aioexclusive" not in server.output, server.output
@@ -118,89 +111,40 @@ def test_guard_honours_an_allowed_so_reuseport(guard_env: pytest.MonkeyPatch, sa
 
 
 # --- aioexclusive.contrib.grpc ----------------------------------------------------------------------------
+# Servers, channels and clients run in processes of their own: gRPC's C core starts threads that would stay
+# in the test process (and make it look like a gRPC server to `python -m aioexclusive probe`).
 
 
 @pytest.mark.parametrize("host", LOOPBACK_HOSTS)
-def test_contrib_server_is_exclusive_and_serves(host: str, same_user_attacker) -> None:  # type: ignore[no-untyped-def]
-    from aioexclusive.contrib.grpc import server
-
-    srv = server(futures.ThreadPoolExecutor(2), handlers=[HANDLER])
-    port = srv.add_insecure_port(target(host, 0))
-    srv.start()
-    try:
-        assert isinstance(srv, grpc.Server)
-        assert call(host, port) == b"pid %d" % os.getpid()
+@pytest.mark.parametrize("kind", ["contrib-sync", "contrib-aio"])
+def test_contrib_server_is_exclusive_and_serves(host: str, kind: str, same_user_attacker) -> None:  # type: ignore[no-untyped-def]
+    with start(kind, host) as server:
+        port = int(server.wait_for(r"PORT (\d+)").group(1))
         assert_attacker_cannot_listen(same_user_attacker, host, port)
-        assert call(host, port) == b"pid %d" % os.getpid()
-    finally:
-        srv.stop(None)
+        assert call(host, port) == b"pid %d" % server.proc.pid
 
 
-def test_contrib_aio_server_is_exclusive_and_serves(same_user_attacker) -> None:  # type: ignore[no-untyped-def]
-    from aioexclusive.contrib.grpc import aio_server
-
-    async def main() -> None:
-        srv = aio_server(handlers=[HANDLER])
-        port = srv.add_insecure_port("127.0.0.1:0")
-        await srv.start()
-        try:
-            async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
-                assert await channel.unary_unary("/ix.Echo/Echo")(b"x", timeout=30) == b"pid %d" % os.getpid()
-                await asyncio.get_running_loop().run_in_executor(
-                    None, assert_attacker_cannot_listen, same_user_attacker, "127.0.0.1", port
-                )
-                assert await channel.unary_unary("/ix.Echo/Echo")(b"x", timeout=30) == b"pid %d" % os.getpid()
-        finally:
-            await srv.stop(None)
-
-    asyncio.run(main())
-
-
-def test_contrib_taken_port_is_address_in_use() -> None:
-    from aioexclusive.contrib.grpc import aio_server, server
-
-    holder = server(futures.ThreadPoolExecutor(1))
-    port = holder.add_insecure_port("127.0.0.1:0")
-    holder.start()
-    try:
-        with pytest.raises(AddressInUseError) as info:
-            server(futures.ThreadPoolExecutor(1)).add_insecure_port(f"127.0.0.1:{port}")
-        assert info.value.port == port and info.value.protocol == "TCP"
-
-        async def aio_add() -> None:  # grpc.aio servers are made inside a running loop
-            with pytest.raises(AddressInUseError):
-                aio_server().add_insecure_port(f"127.0.0.1:{port}")
-
-        asyncio.run(aio_add())
-    finally:
-        holder.stop(None)
-
-
-def test_contrib_other_bind_failures_stay_grpcs() -> None:
-    # Not "in use": an address nobody here can bind keeps grpc's own report.
-    from aioexclusive.contrib.grpc import server
-
-    srv = server(futures.ThreadPoolExecutor(1))
-    with pytest.raises(RuntimeError) as info:
-        srv.add_insecure_port("192.0.2.1:%d" % free_port())
-    assert not isinstance(info.value, OSError)
-
-
-def test_contrib_refuses_so_reuseport_unless_allowed(same_user_attacker) -> None:  # type: ignore[no-untyped-def]
-    from aioexclusive.contrib.grpc import aio_server, server
-
-    with pytest.raises(ExclusivityError, match="allow_reuse_port=True"):
-        server(None, options=[("grpc.so_reuseport", 1)])
-    with pytest.raises(ExclusivityError, match="allow_reuse_port=True"):
-        aio_server(options=(("grpc.so_reuseport", True),))
-    # The explicit opt-in is honoured: that is the sharing the caller asked for.
-    srv = server(futures.ThreadPoolExecutor(1), handlers=[HANDLER], options=[("grpc.so_reuseport", 1)], allow_reuse_port=True)
-    port = srv.add_insecure_port("127.0.0.1:0")
-    srv.start()
-    try:
+def test_contrib_honours_an_explicit_opt_in(same_user_attacker) -> None:  # type: ignore[no-untyped-def]
+    # options=[("grpc.so_reuseport", 1)] with allow_reuse_port=True: the sharing the caller asked for.
+    with start("contrib-sync", "127.0.0.1", "share") as server:
+        port = int(server.wait_for(r"PORT (\d+)").group(1))
         assert attacker_steals(same_user_attacker, "127.0.0.1", port) > 0
-    finally:
-        srv.stop(None)
+
+
+def test_contrib_errors() -> None:
+    result = subprocess.run([PY, CHECKS], env=child_env(), capture_output=True, text=True, timeout=120, cwd=HERE)
+    assert result.returncode == 0, result.stderr
+    out = json.loads(result.stdout)
+    assert out == {
+        # a taken port: AddressInUseError (an OSError), whatever grpcio reports
+        "sync_taken": ["AddressInUseError", True, "TCP", True],
+        "aio_taken": ["AddressInUseError", True],
+        # any other failure stays grpc's own
+        "other_failure": ["RuntimeError", False],
+        # so_reuseport=1 without allow_reuse_port=True
+        "sync_share": ["ExclusivityError", True],
+        "aio_share": ["ExclusivityError", True],
+    }, result.stderr
 
 
 def test_parse_address() -> None:
