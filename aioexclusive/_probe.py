@@ -6,9 +6,10 @@ wildcard service, a specific address under it), as this user and, when run as
 root, as an unprivileged user (``nobody`` unless ``--user`` says otherwise,
 plus the service's own user, read from ``/proc/net`` on Linux or from psutil:
 ``SO_REUSEPORT`` only shares within one user). On Linux it also tries the
-two-step binds of the kernel fast path (DESIGN section 7): a priming
-``SO_REUSEPORT`` bind on the other family's wildcard, closed, then a
-dual-stack ``[::]`` bind with ``SO_REUSEPORT``. The final "Fix:" line names
+two-step binds of the kernel fast path (DESIGN section 7) against a wildcard
+service of either family: a priming ``SO_REUSEPORT`` bind (alone, and with
+``SO_REUSEADDR``, which gets past TIME_WAIT and connections) on the other
+family's wildcard, closed, then a dual-stack ``[::]`` bind with ``SO_REUSEPORT``. The final "Fix:" line names
 what helps for the program that holds the port (gRPC, granian, gunicorn, ...),
 found through psutil or ``/proc``. Every socket is closed as soon as its answer is known.
 
@@ -87,6 +88,7 @@ class Attempt:
     co_bound: bool
     v6only: bool = True
     primed_with: str | None = None  # the priming bind of a two-step attempt
+    prime_options: list[str] | None = None  # the priming bind's options
 
 
 def _is_wildcard(address: str) -> bool:
@@ -159,7 +161,7 @@ class _Plan:
     options: tuple[str, ...]
     listen: bool
     v6only: bool = True
-    prime: tuple[str, bool] | None = None  # (address, v6only), bound with SO_REUSEPORT and closed first
+    prime: tuple[str, bool, tuple[str, ...]] | None = None  # (address, v6only, options), bound and closed first
 
 
 def _plans(address: str, proto: str) -> list[_Plan]:
@@ -179,22 +181,32 @@ def _plans(address: str, proto: str) -> list[_Plan]:
             # group); elsewhere than Linux never listen.
             listen = proto == "tcp" and ON_LINUX and "SO_REUSEPORT" not in options
             plans.append(_Plan(target, what, options, listen, v6only))
-    if proto == "tcp" and ON_LINUX and hasattr(socket, "SO_REUSEPORT") and ":" in address and _is_wildcard(address):
+    if proto == "tcp" and ON_LINUX and hasattr(socket, "SO_REUSEPORT") and socket.has_ipv6 and _is_wildcard(address):
         # The kernel fast path (DESIGN section 7): a SO_REUSEPORT bind that
-        # passes on the IPv4 wildcard leaves the port's bind bucket in "fast
-        # reuse" state for this uid; a dual-stack [::] bind with SO_REUSEPORT
-        # then skips the conflict check against the IPv6 wildcard service, and
-        # (with SO_INCOMING_CPU) wins its connections. Neither socket listens:
-        # bind runs the same check listen does, so a bind that passes is a
-        # listen that would pass, and nothing is taken.
-        # Not tried for IPv4 services: the same two steps co-bind next to a
-        # 0.0.0.0 listener, but the kernel prefers the IPv4 socket for IPv4
-        # connections (measured on 6.x), so nothing of the service's is taken.
-        prime = ("0.0.0.0", True)
-        plans.append(
-            _Plan("::", "the dual-stack wildcard [::] after a priming bind", ("SO_REUSEPORT",), False, False, prime)
-        )
-        plans.append(_Plan(address, "the service's address after a priming bind", ("SO_REUSEPORT",), False, True, prime))
+        # passes on the *other* family's wildcard leaves the port's bind
+        # bucket in "fast reuse" state for this uid; a dual-stack [::] bind
+        # with SO_REUSEPORT then skips the conflict check against the service.
+        # Neither socket listens: bind runs the same check listen does, so a
+        # bind that passes is a listen that would pass, and nothing is taken.
+        # Tried for 0.0.0.0 services too: a dual-stack [::] thief with
+        # SO_BINDTODEVICE scores above the IPv4 listener in the kernel's
+        # lookup and, with SO_INCOMING_CPU, takes every IPv4 connection
+        # (red team, 200/200; without SO_BINDTODEVICE the IPv4 socket wins,
+        # which is what commit c32d2fa measured).
+        prime_at = ("0.0.0.0", True) if ":" in address else ("::", True)
+        # The prime once with SO_REUSEPORT alone and once with SO_REUSEADDR
+        # too: SO_REUSEADDR gets it past TIME_WAIT and connected sockets left
+        # on the other family's side of the port (a closed listener's last
+        # connections), where a SO_REUSEPORT-only prime fails with EADDRINUSE.
+        for prime_options in (("SO_REUSEPORT",), ("SO_REUSEADDR", "SO_REUSEPORT")):
+            prime = (prime_at[0], prime_at[1], prime_options)
+            plans.append(
+                _Plan("::", "the dual-stack wildcard [::] after a priming bind", ("SO_REUSEPORT",), False, False, prime)
+            )
+            if ":" in address:
+                plans.append(
+                    _Plan(address, "the service's address after a priming bind", ("SO_REUSEPORT",), False, True, prime)
+                )
     return plans
 
 
@@ -377,7 +389,8 @@ def _meaning(a: Attempt, proto: str) -> str:
         return (
             f"{a.user} can bind {a.address} with {options}"
             + ("" if a.v6only else " and IPV6_V6ONLY=0")
-            + f" after a priming bind of {a.primed_with} with SO_REUSEPORT (kernel fast path: the conflict check "
+            + f" after a priming bind of {a.primed_with} with {'+'.join(a.prime_options or ['SO_REUSEPORT'])} "
+            "(kernel fast path: the conflict check "
             f"is skipped); such a listener competes for the service's {unit} and, with SO_INCOMING_CPU, wins them"
         )
     if a.target == "the service's address":
@@ -420,7 +433,7 @@ def probe(host: str, port: int, *, udp: bool = False, users: list[str] | None = 
                 for plan in _plans(address, proto):
                     prime = None
                     if plan.prime is not None:
-                        prime = {"host": plan.prime[0], "options": ["SO_REUSEPORT"], "v6only": plan.prime[1]}
+                        prime = {"host": plan.prime[0], "options": list(plan.prime[2]), "v6only": plan.prime[1]}
                     r = _run(identity, proto, plan.target, port, plan.options, plan.listen, plan.v6only, prime)
                     attempts.append(
                         Attempt(
@@ -436,6 +449,7 @@ def probe(host: str, port: int, *, udp: bool = False, users: list[str] | None = 
                             co_bound=bool(r["bound"]) and r["listened"] is not False,
                             v6only=plan.v6only,
                             primed_with=None if plan.prime is None else plan.prime[0],
+                            prime_options=None if plan.prime is None else list(plan.prime[2]),
                         )
                     )
     finally:
@@ -481,7 +495,8 @@ def _show(out: Out, report: dict[str, Any]) -> None:
         if not a.get("v6only", True):
             options += " V6ONLY=0"
         if a.get("primed_with"):
-            options = f"{a['primed_with']} then {options}"
+            primed = "+".join(a.get("prime_options") or ["SO_REUSEPORT"])
+            options = f"{a['primed_with']} ({primed}) then {options}"
         rows.append([a["user"], a["address"], options, result])
         marked.append(a["co_bound"])
     out.table(["user", "address", "options", "result"], rows, marked=marked)

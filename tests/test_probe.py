@@ -24,6 +24,7 @@ pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="Li
 IS_ROOT = hasattr(os, "geteuid") and os.geteuid() == 0
 NOBODY = 65534
 SO_INCOMING_CPU = getattr(socket, "SO_INCOMING_CPU", 49)
+SO_BINDTODEVICE = getattr(socket, "SO_BINDTODEVICE", 25)
 HIDE_PSUTIL = "import sys\nsys.modules['psutil'] = None"
 
 
@@ -64,9 +65,15 @@ def _v6only_wildcard_listener(*, hold_ipv4: bool) -> list[socket.socket]:
     return sockets
 
 
-def _fast_path_attacker(port: int, uid: int | None) -> tuple[int, int]:
+def _fast_path_attacker(
+    port: int, uid: int | None, *, prime_at: str = "0.0.0.0", prime_reuseaddr: bool = False, bindtodevice: bool = False
+) -> tuple[int, int]:
     """The real attack, in a forked process (as *uid*): prime, close, dual-stack listen; returns (pid, read fd).
 
+    *prime_at* is the other family's wildcard (``"::"`` is bound IPv6-only);
+    *prime_reuseaddr* adds SO_REUSEADDR to the prime (gets past TIME_WAIT);
+    *bindtodevice* binds the thief to ``lo`` (one more point in the kernel's
+    lookup score: enough to beat an IPv4 listener for IPv4 connections).
     The child writes ``ok`` once it listens (or ``refused ERR``), then on a
     line from the parent counts the connections waiting for it and writes the number.
     """
@@ -83,13 +90,19 @@ def _fast_path_attacker(port: int, uid: int | None) -> tuple[int, int]:
                 os.setgid(uid)
                 os.setuid(uid)
             try:
-                prime = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+                prime = socket.socket(socket.AF_INET6 if ":" in prime_at else socket.AF_INET, socket.SOCK_STREAM)
                 prime.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-                prime.bind(("0.0.0.0", port))
+                if prime_reuseaddr:
+                    prime.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                if ":" in prime_at:
+                    prime.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+                prime.bind((prime_at, port))
                 prime.close()
                 thief = socket.socket(socket.AF_INET6, socket.SOCK_STREAM)
                 thief.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
                 thief.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+                if bindtodevice:
+                    thief.setsockopt(socket.SOL_SOCKET, SO_BINDTODEVICE, b"lo")
                 # Scores one point above the service for connections handled
                 # on CPU 0 (the parent connects pinned to it).
                 thief.setsockopt(socket.SOL_SOCKET, SO_INCOMING_CPU, 0)
@@ -121,8 +134,8 @@ def _fast_path_attacker(port: int, uid: int | None) -> tuple[int, int]:
 
 
 @contextmanager
-def attacker(port: int, uid: int | None) -> Iterator[tuple[str, object]]:
-    pid, fds = _fast_path_attacker(port, uid)
+def attacker(port: int, uid: int | None, **how: object) -> Iterator[tuple[str, object]]:
+    pid, fds = _fast_path_attacker(port, uid, **how)  # type: ignore[arg-type]
     read_fd, write_fd = divmod(fds, 1000)
     reader = os.fdopen(read_fd, "r")
 
@@ -209,6 +222,104 @@ def test_v6only_wildcard_with_its_ipv4_side_held_is_exclusive() -> None:
     finally:
         for sock in sockets:
             sock.close()
+
+
+# -- red team A/B: the IPv4 wildcard, and a prime that gets past TIME_WAIT ----------------
+
+
+def _ipv4_wildcard_listener(*, hold_ipv6: bool) -> list[socket.socket]:
+    """``socket.create_server(("0.0.0.0", 0))`` (uvicorn, gunicorn, socketserver); *hold_ipv6*: plus [::] held."""
+    service = socket.create_server(("0.0.0.0", 0))
+    sockets = [service]
+    if hold_ipv6:
+        hold = socket.socket(socket.AF_INET6, socket.SOCK_STREAM)  # no options, never listens
+        hold.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+        hold.bind(("::", service.getsockname()[1]))
+        sockets.append(hold)
+    return sockets
+
+
+@needs_ipv6
+@pytest.mark.parametrize("hold_ipv6", [False, True], ids=["alone", "ipv6-side-held"])
+def test_ipv4_wildcard_listener_against_the_fast_path(hold_ipv6: bool) -> None:
+    # A dual-stack [::] thief bound to lo scores above the 0.0.0.0 listener and
+    # takes its IPv4 connections: the probe must try the two steps for 0.0.0.0 too.
+    sockets = _ipv4_wildcard_listener(hold_ipv6=hold_ipv6)
+    service = sockets[0]
+    port = service.getsockname()[1]
+    try:
+        code, report = probe_cli("0.0.0.0", str(port))
+        assert _connections_to(service, "127.0.0.1", 10) == 10
+        with attacker(port, NOBODY if IS_ROOT else None, prime_at="::", bindtodevice=True) as (status, count):
+            if hold_ipv6:
+                assert status.startswith("refused"), status
+            else:
+                assert status == "ok", status
+                got = _connections_to(service, "127.0.0.1", 20)
+                stolen = count()  # type: ignore[operator]
+                # The control: the attack is real (the thief wins on CPU 0).
+                assert stolen > 0 and got + stolen == 20, (got, stolen)
+        if hold_ipv6:
+            assert code == 0, report["findings"]
+        else:
+            assert code == 1, report
+            assert report["kernel_fast_path"], report["findings"]
+            primed = [a for a in report["attempts"] if a["co_bound"] and a["primed_with"] == "::"]
+            assert primed and all(not a["listened"] for a in primed)
+    finally:
+        for sock in sockets:
+            sock.close()
+
+
+def _ipv4_listener_with_time_wait_on_ipv6() -> socket.socket:
+    """A 0.0.0.0 listener whose port also has a TIME_WAIT on [::1] (its [::] sibling served one connection, then closed)."""
+    service = socket.create_server(("0.0.0.0", 0))
+    port = service.getsockname()[1]
+    side = socket.socket(socket.AF_INET6, socket.SOCK_STREAM)
+    side.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    side.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+    side.bind(("::", port))
+    side.listen(8)
+    client = socket.create_connection(("::1", port), timeout=5)
+    conn, _ = side.accept()
+    conn.close()  # the server closes first: its side goes to TIME_WAIT
+    assert client.recv(1) == b""
+    client.close()
+    side.close()
+    return service
+
+
+@needs_ipv6
+def test_prime_with_reuseaddr_gets_past_time_wait() -> None:
+    # A SO_REUSEPORT-only prime fails on the TIME_WAIT; one with SO_REUSEADDR
+    # too passes, and the thief takes the IPv4 connections. Each half on a
+    # fresh port: a prime that passes leaves the port's bind bucket in fast
+    # reuse state for its uid, which would let a later prime skip the check.
+    uid = NOBODY if IS_ROOT else None
+    service = _ipv4_listener_with_time_wait_on_ipv6()
+    port = service.getsockname()[1]
+    try:
+        with attacker(port, uid, prime_at="::", bindtodevice=True) as (status, _):
+            assert status.startswith("refused"), status  # the control: without SO_REUSEADDR the prime fails
+        with attacker(port, uid, prime_at="::", prime_reuseaddr=True, bindtodevice=True) as (status, count):
+            assert status == "ok", status
+            got = _connections_to(service, "127.0.0.1", 20)
+            stolen = count()  # type: ignore[operator]
+        assert stolen > 0 and got + stolen == 20, (got, stolen)
+    finally:
+        service.close()
+    service = _ipv4_listener_with_time_wait_on_ipv6()
+    port = service.getsockname()[1]
+    try:
+        code, report = probe_cli("0.0.0.0", str(port))
+        assert code == 1, report
+        assert report["kernel_fast_path"], report["findings"]
+        primed = [a for a in report["attempts"] if a["co_bound"] and a["primed_with"]]
+        assert primed and all(a["prime_options"] == ["SO_REUSEADDR", "SO_REUSEPORT"] for a in primed), primed
+        assert any(a["failed_at"] == "prime" and a["prime_options"] == ["SO_REUSEPORT"] for a in report["attempts"])
+        assert _connections_to(service, "127.0.0.1", 10) == 10
+    finally:
+        service.close()
 
 
 # -- 14.3: the service's own uid without psutil --------------------------------------------
