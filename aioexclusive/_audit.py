@@ -95,28 +95,77 @@ class Finding:
 
 
 @dataclass
+class PortSocket:
+    """One bound, unconnected TCP socket on a port (listening or not), as far as the audit could see it."""
+
+    family: int
+    address: str
+    v6only: int | None
+    uid: int | None
+    """The socket's owner (``/proc/net``'s uid, or the inode's owner); ``None`` when not known."""
+    pids: frozenset[int]
+    """The processes holding it that this user can see."""
+    options: dict[str, int] | None
+    """``SO_REUSEADDR``/``SO_REUSEPORT`` as read from a duplicate; ``None`` when unread."""
+    listening: bool
+    inode: int = 0
+
+    @property
+    def serves_v4(self) -> bool:
+        if self.family == socket.AF_INET or ipaddress.IPv6Address(self.address).ipv4_mapped is not None:
+            return True
+        return self.address == "::" and self.v6only == 0
+
+    @property
+    def serves_v6(self) -> bool:
+        return self.family == socket.AF_INET6 and ipaddress.IPv6Address(self.address).ipv4_mapped is None
+
+    @property
+    def is_wildcard(self) -> bool:
+        return self.address in ("0.0.0.0", "::")
+
+
+@dataclass
 class PortMap:
-    """Which TCP ports have a socket of each side bound (any address, listening or not).
+    """Which TCP ports have a socket of each side bound (any address, listening or not), and those sockets.
 
     ``v4`` holds ports with an IPv4 socket (AF_INET, or an AF_INET6 socket on
     an IPv4-mapped address or a dual-stack wildcard); ``v6`` ports with an
-    IPv6 socket (AF_INET6 on a non-mapped address).
+    IPv6 socket (AF_INET6 on a non-mapped address). ``sockets`` lists, per
+    port, who holds each socket and with which options: only a socket of the
+    listener's own process or user, without ``SO_REUSEPORT`` (and without
+    ``SO_REUSEADDR`` unless it listens), protects it; an attacker's own
+    priming bind must not count (red team C).
     """
 
     v4: set[int] = field(default_factory=set)
     v6: set[int] = field(default_factory=set)
+    sockets: dict[int, list[PortSocket]] = field(default_factory=dict)
 
-    def add(self, family: int, address: str, port: int, v6only: int | None = None) -> None:
-        if family == socket.AF_INET:
+    def add(
+        self,
+        family: int,
+        address: str,
+        port: int,
+        v6only: int | None = None,
+        *,
+        uid: int | None = None,
+        pids: Iterable[int] = (),
+        options: dict[str, int] | None = None,
+        listening: bool = False,
+        inode: int = 0,
+    ) -> PortSocket:
+        entry = PortSocket(family, address, v6only, uid, frozenset(pids), options, listening, inode)
+        self.sockets.setdefault(port, []).append(entry)
+        self.refresh(entry, port)
+        return entry
+
+    def refresh(self, entry: PortSocket, port: int) -> None:
+        """Record *entry*'s sides (again, once its ``IPV6_V6ONLY`` is known)."""
+        if entry.serves_v4:
             self.v4.add(port)
-            return
-        mapped = ipaddress.IPv6Address(address).ipv4_mapped
-        if mapped is not None:
-            self.v4.add(port)
-            return
-        self.v6.add(port)
-        if address == "::" and v6only == 0:
-            self.v4.add(port)
+        if entry.serves_v6:
+            self.v6.add(port)
 
 
 def _user_text(user: str, uid: int) -> str:
@@ -171,9 +220,9 @@ def verdict(obs: Observed, ports: PortMap, *, user: str, coverage_known: bool = 
             f"processes of {owner}, with SO_REUSEPORT",
             f"SO_REUSEPORT lets any listener of the same user join the port and get a share of the {unit}",
         )
-    gap = _fast_path_gap(sock, options, ports)
+    gap = _fast_path_gap(sock, options, ports, frozenset(p for p, _ in obs.holders))
     if gap is not None:
-        if not coverage_known:
+        if not coverage_known and not gap.startswith("a socket of uid"):
             return Finding(
                 "unknown",
                 "",
@@ -194,18 +243,47 @@ def verdict(obs: Observed, ports: PortMap, *, user: str, coverage_known: bool = 
     return Finding("exclusive", "nobody else", reason)
 
 
-def _fast_path_gap(sock: ProcSocket, options: dict[str, int], ports: PortMap) -> str | None:
-    """Why a TCP wildcard listener is open to the bind fast-path takeover, or ``None``."""
+def _fast_path_gap(
+    sock: ProcSocket, options: dict[str, int], ports: PortMap, pids: frozenset[int] = frozenset()
+) -> str | None:
+    """Why a TCP wildcard listener is open to the bind fast-path takeover, or ``None``.
+
+    The other family's wildcard must be held by the listener's own process
+    (*pids*) or user, without ``SO_REUSEPORT``, and without ``SO_REUSEADDR``
+    unless that socket listens (a listener conflicts with every bind; a bound
+    socket with ``SO_REUSEADDR`` lets a ``SO_REUSEADDR`` prime through).
+    Anything else on the other side may be the attacker's own prime: a
+    ``SO_REUSEPORT`` socket of another user on the port is one (it keeps the
+    bucket in fast-reuse state for that user), whatever else is there.
+    """
     if not sock.is_wildcard:
         return None
-    if sock.family == socket.AF_INET:
-        if sock.port in ports.v6:
-            return None
-        return f"an IPv4 wildcard listener with no IPv6 socket on port {sock.port}"
-    v6only = options.get("IPV6_V6ONLY")
-    if v6only == 0 or sock.port in ports.v4:
+    if sock.family == socket.AF_INET6 and options.get("IPV6_V6ONLY") == 0:
+        return None  # dual-stack: both families are this socket's own
+    others = [s for s in ports.sockets.get(sock.port, ()) if not (s.inode and s.inode == sock.inode)]
+    for other in others:
+        if other.uid is not None and other.uid != sock.uid and other.options and other.options.get("SO_REUSEPORT"):
+            return (
+                f"a socket of uid {other.uid} with SO_REUSEPORT is bound on port {sock.port} "
+                f"({other.address}; a priming bind of the fast-path attack)"
+            )
+    want_v6 = sock.family == socket.AF_INET
+    for other in others:
+        side = other.serves_v6 if want_v6 else other.serves_v4
+        if not (side and other.is_wildcard and other.options is not None):
+            continue
+        own = bool(pids & other.pids) or (other.uid is not None and other.uid == sock.uid)
+        if not own or other.options.get("SO_REUSEPORT"):
+            continue
+        if other.options.get("SO_REUSEADDR") and not other.listening:
+            continue
         return None
-    return f"an IPv6-only wildcard listener with no IPv4 socket on port {sock.port}"
+    if want_v6:
+        return f"an IPv4 wildcard listener with no IPv6 wildcard socket of its own (without SO_REUSEPORT) on port {sock.port}"
+    return (
+        f"an IPv6-only wildcard listener with no IPv4 wildcard socket of its own (without SO_REUSEPORT) "
+        f"on port {sock.port}"
+    )
 
 
 # Frameworks recognised from a process's command line (or, for grpc, its
@@ -420,8 +498,8 @@ class Reader:
             options["IPV6_V6ONLY"] = 1 if get(dup, socket.IPPROTO_IPV6, socket.IPV6_V6ONLY) else 0
         return options
 
-    def bound_tcp(self, pid: int, fd: int, inode: int) -> tuple[int, str, int, int | None] | None:
-        """(family, address, port, v6only) of a bound TCP socket that /proc/net does not list, else ``None``."""
+    def bound_tcp(self, pid: int, fd: int, inode: int) -> tuple[int, str, int, int | None, int, dict[str, int]] | None:
+        """(family, address, port, v6only, uid, options) of a bound TCP socket /proc/net does not list, else ``None``."""
         assert self._libc is not None
         try:
             dup = self._duplicate(pid, fd, inode)
@@ -435,7 +513,12 @@ class Reader:
             if name is None or name[2] == 0:
                 return None
             v6only = get(dup, socket.IPPROTO_IPV6, socket.IPV6_V6ONLY) if name[0] == socket.AF_INET6 else None
-            return name[0], name[1], name[2], v6only
+            options = {
+                "SO_REUSEADDR": 1 if get(dup, socket.SOL_SOCKET, socket.SO_REUSEADDR) else 0,
+                "SO_REUSEPORT": 1 if get(dup, socket.SOL_SOCKET, SO_REUSEPORT) else 0,
+            }
+            # The socket inode's owner is the uid /proc/net would show (sock_i_uid).
+            return name[0], name[1], name[2], v6only, os.fstat(dup).st_uid, options
         except OSError:
             return None
         finally:
@@ -548,9 +631,15 @@ def audit(
     # Connections do not count: only a bound, unconnected socket (listening
     # or not) is what keeps an attacker's prime bind out of the port.
     port_map = PortMap()
+    scan = socket_owners()
+    entries: list[tuple[ProcSocket, PortSocket]] = []
     for sock in everything:
         if sock.proto == "tcp" and sock.port and not sock.connected:
-            port_map.add(sock.family, sock.address, sock.port)
+            pids = {p for p, _ in scan.owners.get(sock.inode, ())}
+            entry = port_map.add(
+                sock.family, sock.address, sock.port, uid=sock.uid, pids=pids, listening=sock.is_listening, inode=sock.inode
+            )
+            entries.append((sock, entry))
     selected = [
         sock
         for sock in everything
@@ -559,7 +648,6 @@ def audit(
         and (port_range is None or port_range[0] <= sock.port <= port_range[1])
         and (uid_filter is None or sock.uid == uid_filter)
     ]
-    scan = socket_owners()
     if pid is not None and pid in scan.unreadable:
         raise AuditError(f"cannot read the file descriptors of pid {pid} as this user (run as root or as its user)")
     if pid is not None:
@@ -579,6 +667,7 @@ def audit(
         for obs in observed:
             if obs.options is None:
                 blind_pids.update(p for p, _ in obs.holders)
+        _read_port_sockets(reader, observed, entries, scan.owners, port_map)
         if reader.available and any(_needs_cover(obs, port_map) for obs in observed):
             _add_unlisted_tcp(reader, scan.owners, everything, net_dir, port_map, blind_pids)
     finally:
@@ -646,8 +735,30 @@ def _needs_cover(obs: Observed, ports: PortMap) -> bool:
         sock.proto == "tcp"
         and sock.is_wildcard
         and obs.options is not None
-        and _fast_path_gap(sock, obs.options, ports) is not None
+        and _fast_path_gap(sock, obs.options, ports, frozenset(p for p, _ in obs.holders)) is not None
     )
+
+
+def _read_port_sockets(
+    reader: Reader,
+    observed: Sequence[Observed],
+    entries: Sequence[tuple[ProcSocket, PortSocket]],
+    owners: dict[int, list[tuple[int, int]]],
+    port_map: PortMap,
+) -> None:
+    """Fill in the options of the listed sockets sharing a port with a TCP wildcard listener under audit."""
+    known = {obs.sock.inode: obs.options for obs in observed if obs.sock.proto == "tcp"}
+    ports = {obs.sock.port for obs in observed if obs.sock.proto == "tcp" and obs.sock.is_wildcard}
+    for sock, entry in entries:
+        if sock.port not in ports:
+            continue
+        if sock.inode in known:
+            entry.options = known[sock.inode]
+        else:
+            entry.options, _ = reader.options(sock, sorted(owners.get(sock.inode, ())))
+        if entry.options is not None and "IPV6_V6ONLY" in entry.options:
+            entry.v6only = entry.options["IPV6_V6ONLY"]
+            port_map.refresh(entry, sock.port)
 
 
 def _add_unlisted_tcp(
@@ -676,8 +787,10 @@ def _add_unlisted_tcp(
                 continue
             found = reader.bound_tcp(pid, fd, inode)
             if found is not None:
-                family, address, port, v6only = found
-                port_map.add(family, address, port, v6only)
+                family, address, port, v6only, uid, options = found
+                port_map.add(
+                    family, address, port, v6only, uid=uid, pids={p for p, _ in holders}, options=options, inode=inode
+                )
                 break
 
 

@@ -512,7 +512,9 @@ def test_verdict_rules(
     ports = PortMap()
     ports.add(fam, address, 4000)
     if other:
-        ports.add(socket.AF_INET if family == 6 else socket.AF_INET6, "0.0.0.0" if family == 6 else "::", 4000)
+        # The listener's own process holds the other family, without options.
+        ports.add(socket.AF_INET if family == 6 else socket.AF_INET6, "0.0.0.0" if family == 6 else "::", 4000,
+                  1, uid=1000, pids={1}, options={"SO_REUSEADDR": 0, "SO_REUSEPORT": 0})
     found = verdict(_obs(proto, fam, address, options), ports, user="alice")
     assert found.verdict == expected
     if who == "same":
@@ -521,6 +523,35 @@ def test_verdict_rules(
         assert who in found.who
     if expected == "unknown":
         assert "no permission" in found.why
+
+
+@pytest.mark.parametrize(
+    ("uid", "pids", "reuseaddr", "reuseport", "listening", "address", "expected"),
+    [
+        (1000, {1}, 0, 0, False, "::", "exclusive"),  # the exclusive loop's hold
+        (1000, {2}, 0, 0, False, "::", "exclusive"),  # another process of the same user
+        (1000, {1}, 1, 0, True, "::", "exclusive"),  # a listener conflicts with every bind
+        (1000, {1}, 1, 0, False, "::", "shareable"),  # a SO_REUSEADDR prime gets past it
+        (1000, {1}, 0, 1, False, "::", "shareable"),  # SO_REUSEPORT: not a hold
+        (65534, {9}, 0, 1, False, "::", "shareable"),  # the attacker's own prime (red team C)
+        (65534, {9}, 0, 0, False, "::", "shareable"),  # another user's socket: not the service's hold
+        (1000, {1}, 0, 0, False, "::1", "shareable"),  # not the wildcard
+    ],
+)
+def test_other_family_hold_must_be_the_services_own(
+    uid: int, pids: set[int], reuseaddr: int, reuseport: int, listening: bool, address: str, expected: str
+) -> None:
+    from aioexclusive._audit import PortMap, verdict
+
+    ports = PortMap()
+    ports.add(socket.AF_INET, "0.0.0.0", 4000, uid=1000, pids={1}, options={"SO_REUSEADDR": 1, "SO_REUSEPORT": 0},
+              listening=True, inode=1)
+    ports.add(socket.AF_INET6, address, 4000, 1, uid=uid, pids=pids, listening=listening, inode=2,
+              options={"SO_REUSEADDR": reuseaddr, "SO_REUSEPORT": reuseport, "IPV6_V6ONLY": 1})
+    found = verdict(_obs("tcp", socket.AF_INET, "0.0.0.0", {"SO_REUSEADDR": 1, "SO_REUSEPORT": 0}), ports, user="alice")
+    assert found.verdict == expected, found
+    if expected == "shareable":
+        assert found.fast_path and "any user" in found.who
 
 
 def test_framework_fixes_are_recognised() -> None:
@@ -613,6 +644,93 @@ def test_wildcard_listener_against_the_fast_path_attack(victims: list[Victim], f
     if attack["taken"]:
         assert "fast path" in row["who"]
         assert row["options"].get("IPV6_V6ONLY", 1) == 1
+
+
+def _held_prime_attacker(port: int) -> tuple[int, Any, int]:
+    """Fork an attacker (uid 65534) that binds and *keeps* a [::] IPv6-only SO_REUSEPORT prime (red team C).
+
+    Protocol: the child writes ``primed``; on the parent's first byte it binds
+    dual-stack [::] thieves (SO_BINDTODEVICE=lo, SO_INCOMING_CPU=0) next to the
+    still-open prime and writes ``ok``; on the second it writes how many
+    connections it accepted. Returns (pid, reader, write fd).
+    """
+    to_r, to_w = os.pipe()
+    from_r, from_w = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - the child
+        try:
+            os.close(to_w)
+            os.close(from_r)
+            _drop_to(NOBODY)
+            prime = socket.socket(socket.AF_INET6, socket.SOCK_STREAM)
+            prime.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+            prime.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            prime.bind(("::", port))
+            os.write(from_w, b"primed\n")
+            os.read(to_r, 1)
+            thief = socket.socket(socket.AF_INET6, socket.SOCK_STREAM)
+            thief.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+            thief.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+            thief.setsockopt(socket.SOL_SOCKET, getattr(socket, "SO_BINDTODEVICE", 25), b"lo")
+            thief.setsockopt(socket.SOL_SOCKET, getattr(socket, "SO_INCOMING_CPU", 49), 0)
+            thief.bind(("::", port))
+            thief.listen(64)
+            thief.setblocking(False)
+            os.write(from_w, b"ok\n")
+            os.read(to_r, 1)
+            count = 0
+            while True:
+                try:
+                    conn, _ = thief.accept()
+                except BlockingIOError:
+                    break
+                conn.close()
+                count += 1
+            os.write(from_w, f"{count}\n".encode())
+            os.read(to_r, 1)
+        except BaseException as exc:
+            os.write(from_w, f"error {exc}\n".encode())
+        finally:
+            os._exit(0)
+    os.close(to_r)
+    os.close(from_w)
+    return pid, os.fdopen(from_r, "r"), to_w
+
+
+@pytest.mark.skipif(not (IS_ROOT and HAVE_IPV6), reason="the attacker runs as uid 65534; needs IPv6")
+def test_attackers_held_prime_is_not_a_hold() -> None:
+    # A plain 0.0.0.0 listener; the attacker keeps its [::] SO_REUSEPORT prime
+    # open while the audit runs. That socket is the other family's, but the
+    # attacker's: the verdict must stay shareable, and the attack is real.
+    from aioexclusive._audit import audit
+
+    service = socket.create_server(("0.0.0.0", 0))
+    port = service.getsockname()[1]
+    pid, reader, to_w = _held_prime_attacker(port)
+    try:
+        assert reader.readline().strip() == "primed"
+        row = _row(audit(ports=str(port)), "tcp", port, "0.0.0.0")
+        assert row["pid"] == os.getpid()
+        os.write(to_w, b"g")
+        assert reader.readline().strip() == "ok"
+        affinity = os.sched_getaffinity(0)
+        os.sched_setaffinity(0, {0})  # loopback handles the SYN on this CPU: SO_INCOMING_CPU=0 scores
+        try:
+            clients = [socket.create_connection(("127.0.0.1", port), timeout=5) for _ in range(20)]
+        finally:
+            os.sched_setaffinity(0, affinity)
+        os.write(to_w, b"g")
+        stolen = int(reader.readline())
+        for client in clients:
+            client.close()
+        assert stolen > 0, "the control: the attacker must take connections, or this proves nothing"
+        assert row["verdict"] == "shareable", row
+        assert "fast path" in row["who"] and "uid 65534" in row["why"], row
+    finally:
+        os.close(to_w)
+        reader.close()
+        os.waitpid(pid, 0)
+        service.close()
 
 
 @pytest.mark.skipif(not IS_ROOT, reason="the fast-path attack runs as uid 65534")
