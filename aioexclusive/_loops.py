@@ -706,6 +706,16 @@ class ExclusiveLoopMixin(_LoopBase):
         from ._unix import bind_unix_listener, guards_path, remove_own_path
 
         base_create = super().create_unix_server
+        if sock is not None and path is None:
+            kernel_family, kernel_type = kernel_kind(sock)
+            if kernel_type == socket.SOCK_STREAM and kernel_family in (socket.AF_INET, socket.AF_INET6):
+                # An object that says AF_UNIX around a TCP socket (socket.fromfd):
+                # the base loop believes the object and would serve it, so it is
+                # judged as the TCP listener it is, as create_server(sock=) does.
+                plan = self._plan(Role.TCP_LISTENER, reuse_port=self._allow_shared_sock())
+                audit_socket(sock, plan)
+                self._exclusive_check_open()
+                listen_at_adoption(sock, backlog, plan.role)
         if sock is not None or not guards_path(path):
             return await base_create(
                 protocol_factory, path, sock=sock, backlog=backlog, **kwargs

@@ -38,6 +38,7 @@ looping on ``bind`` hits).
 
 from __future__ import annotations
 
+import os
 import socket
 import sys
 import threading
@@ -58,20 +59,35 @@ _WILDCARD: dict[int, str] = {int(socket.AF_INET): "0.0.0.0", int(socket.AF_INET6
 _lock = threading.RLock()
 
 
+class _Listener:
+    """One of our registered wildcard listeners."""
+
+    __slots__ = ("covers", "ref", "spare")
+
+    def __init__(self, ref: weakref.ref[HeldListener], covers: frozenset[int], spare: HeldListener) -> None:
+        self.ref = ref
+        self.covers = covers
+        # A second descriptor of the same kernel socket, kept from registration
+        # on. uvloop (libuv) closes the listener's descriptor *before* it calls
+        # detach(), so only a descriptor of our own still reaches the socket
+        # then: it is what `_demote` turns into the hold.
+        self.spare: HeldListener | None = spare
+
+
 class _Port:
     """What this process holds on one TCP port: wildcard listeners and holds."""
 
     __slots__ = ("holds", "listeners")
 
     def __init__(self) -> None:
-        # id(listener) -> (weak reference, families it covers)
-        self.listeners: dict[int, tuple[weakref.ref[HeldListener], frozenset[int]]] = {}
+        self.listeners: dict[int, _Listener] = {}  # keyed by id(listener)
         self.holds: dict[int, socket.socket] = {}
 
-    def covered(self) -> set[int]:
+    def covered(self, *, without: int | None = None) -> set[int]:
         families: set[int] = set()
-        for _, covers in self.listeners.values():
-            families |= covers
+        for key, listener in self.listeners.items():
+            if key != without:
+                families |= listener.covers
         return families
 
 
@@ -91,12 +107,14 @@ class HeldListener(socket.socket):
     _exclusive_port: int | None = None
 
     def close(self) -> None:
+        _demote(self)
         try:
             super().close()
         finally:
             _forget(self)
 
     def detach(self) -> int:
+        _demote(self)
         try:
             return super().detach()
         finally:
@@ -184,7 +202,10 @@ def protect(listeners: list[socket.socket]) -> None:
                 entry = _ports.setdefault(port, _Port())
                 for sock in socks:
                     assert isinstance(sock, HeldListener)
-                    entry.listeners[id(sock)] = (weakref.ref(sock, _collected(port, id(sock))), _covers(sock))
+                    spare = HeldListener(sock.family, sock.type, sock.proto, os.dup(sock.fileno()))
+                    entry.listeners[id(sock)] = _Listener(
+                        weakref.ref(sock, _collected(port, id(sock))), _covers(sock), spare
+                    )
                     sock._exclusive_port = port
                     added.append((port, sock))
                 covered = entry.covered()
@@ -197,7 +218,7 @@ def protect(listeners: list[socket.socket]) -> None:
                 _ports[port].holds.pop(family).close()
             for port, sock in added:
                 sock._exclusive_port = None
-                _ports[port].listeners.pop(id(sock), None)
+                _close_spare(_ports[port].listeners.pop(id(sock), None))
             for port in by_port:
                 _drop_if_empty(port)
             raise
@@ -210,10 +231,54 @@ def _collected(port: int, key: int) -> Any:
         with _lock:
             entry = _ports.get(port)
             if entry is not None and key in entry.listeners:
-                del entry.listeners[key]
+                _close_spare(entry.listeners.pop(key))
                 _after_release(port)
 
     return callback
+
+
+def _demote(sock: HeldListener) -> None:
+    """Keep a closing listener's port as the hold, when another of our listeners still needs it.
+
+    Closing and then binding a fresh hold would release the port for a
+    moment, which a process looping on bind wins, and fails outright while
+    the closed listener's connections (or their TIME_WAIT) occupy the port.
+    Instead the listener's spare descriptor stops listening (``shutdown``:
+    the socket leaves LISTEN but stays bound, because it was bound to an
+    explicit port) and loses ``SO_REUSEADDR``: from then on it is exactly a
+    hold, and the port was never free.
+    """
+    port = sock._exclusive_port
+    if port is None:
+        return
+    with _lock:
+        entry = _ports.get(port)
+        record = entry.listeners.get(id(sock)) if entry is not None else None
+        if entry is None or record is None or record.spare is None or len(entry.listeners) < 2:
+            return
+        others = entry.covered(without=id(sock))
+        needed = [f for f in record.covers if f not in others and f not in entry.holds]
+        if len(needed) != 1:
+            return  # a dual-stack listener's two families: _after_release binds holds
+        spare = record.spare
+        try:
+            spare.shutdown(socket.SHUT_RDWR)
+            spare.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 0)
+            still_bound = spare.getsockname()[1] == port
+        except OSError:
+            still_bound = False
+        if not still_bound:
+            # Bound to port 0 at first (the kernel picked the port): the
+            # shutdown gave the port back; _after_release binds a fresh hold.
+            return
+        record.spare = None
+        entry.holds[needed[0]] = spare
+
+
+def _close_spare(record: _Listener | None) -> None:
+    if record is not None and record.spare is not None:
+        record.spare.close()
+        record.spare = None
 
 
 def _forget(sock: HeldListener) -> None:
@@ -223,8 +288,10 @@ def _forget(sock: HeldListener) -> None:
     sock._exclusive_port = None
     with _lock:
         entry = _ports.get(port)
-        if entry is None or entry.listeners.pop(id(sock), None) is None:
+        record = entry.listeners.pop(id(sock), None) if entry is not None else None
+        if record is None:
             return
+        _close_spare(record)
         _after_release(port)
 
 

@@ -85,6 +85,9 @@ def _serve(conn: socket.socket) -> None:
             prime = socket.socket(_family(cmd["prime_family"]), socket.SOCK_STREAM)
             try:
                 prime.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+                if cmd.get("prime_reuseaddr"):
+                    # Gets past connections (or TIME_WAIT) a closed listener left on the port.
+                    prime.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
                 if cmd["prime_family"] == 6:
                     prime.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, int(cmd["prime_v6only"]))
                 prime.bind((cmd["prime_host"], cmd["port"]))
@@ -219,12 +222,20 @@ class Attacker:
         return BindResult(r["ok"], r.get("errno"), r.get("stage"))
 
     def two_step(
-        self, port: int, *, prime_family: int, prime_host: str, prime_v6only: bool, family: int, host: str
+        self,
+        port: int,
+        *,
+        prime_family: int,
+        prime_host: str,
+        prime_v6only: bool,
+        family: int,
+        host: str,
+        prime_reuseaddr: bool = False,
     ) -> tuple[BindResult, str]:
         """Prime the port's bind bucket with SO_REUSEPORT, close, then bind and listen (dual-stack for IPv6)."""
         r = self._ask(
             op="two_step", port=port, prime_family=prime_family, prime_host=prime_host,
-            prime_v6only=prime_v6only, family=family, host=host,
+            prime_v6only=prime_v6only, family=family, host=host, prime_reuseaddr=prime_reuseaddr,
         )
         return BindResult(r["ok"], r.get("errno"), r.get("stage")), str(r.get("prime"))
 

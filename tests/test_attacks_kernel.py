@@ -12,6 +12,7 @@ import asyncio
 import os
 import socket
 import sys
+import warnings
 
 import pytest
 from attacker import Attacker, send_traffic
@@ -155,6 +156,52 @@ def test_hold_is_promoted_and_released_with_its_listeners(base: str) -> None:
         return seen
 
     assert run(scenario(), base) == [False, False, True, True]
+
+
+@needs_ipv6
+@pytest.mark.parametrize("leftover", ["connection", "none"])
+def test_closing_one_of_two_servers_never_frees_its_side(
+    other_user_attacker: Attacker, base: str, leftover: str
+) -> None:
+    """[::]:P and 0.0.0.0:P, then [::]:P closes: its side must stay held for 0.0.0.0:P.
+
+    Binding a fresh hold after the close failed while a connection the closed
+    listener accepted was still open (and left a window otherwise): the
+    closing listener itself must become the hold.
+    """
+
+    async def scenario() -> tuple[object, str, int, int]:
+        loop = asyncio.get_running_loop()
+        v4 = await open_service("tcp", "0.0.0.0")
+        port = v4.port
+        v6 = await loop.create_server(asyncio.Protocol, "::", port)  # takes the hold over
+        client = None
+        if leftover == "connection":
+            client = socket.create_connection(("::1", port))
+            await asyncio.sleep(0.05)  # accepted, and left open by the protocol
+        v6.close()  # not wait_closed: from 3.12 on it would wait for that connection
+        await asyncio.sleep(0.05)
+        try:
+            result, prime = other_user_attacker.two_step(
+                port, prime_family=6, prime_host="::", prime_v6only=True, family=6, host="::", prime_reuseaddr=True
+            )
+            _send_from_cpu_0(4, port)
+            stolen = other_user_attacker.collect(wait=0.5)
+            received = await v4.counter.wait_for(TRAFFIC - stolen, timeout=2.0)
+        finally:
+            if client is not None:
+                client.close()
+            await v4.close()
+            v6.close_clients() if hasattr(v6, "close_clients") else None
+            await asyncio.sleep(0.05)
+        return result, prime, stolen, received
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", aioexclusive.ExclusivityWarning)
+        result, prime, stolen, received = run(scenario(), base)
+    assert prime == "EADDRINUSE", "the closed listener's side must stay held"
+    assert not result.ok
+    assert (stolen, received) == (0, TRAFFIC)
 
 
 @needs_ipv6
@@ -434,3 +481,25 @@ def test_control_plain_uvloop_fixed_port_client_is_shareable(other_user_attacker
     result, reuse = _fixed_port_client_attack(other_user_attacker, True)
     assert reuse == 1, "control: libuv no longer sets SO_REUSEADDR on a bound TCP client"
     assert result.ok
+
+
+def test_unix_server_sock_that_is_really_tcp_is_audited(same_user_attacker: Attacker, base: str) -> None:
+    """create_unix_server(sock=) with an AF_UNIX object around a shareable TCP listener is refused."""
+    real = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    real.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    real.bind(("127.0.0.1", 0))
+    real.listen()
+    liar = _liar(real, socket.SOCK_STREAM)
+    try:
+        shared = same_user_attacker.try_bind("tcp", 4, "127.0.0.1", real.getsockname()[1], ("SO_REUSEPORT",))
+        same_user_attacker.collect(wait=0)
+        assert shared.ok, "control: the socket under test should be shareable"
+
+        async def scenario() -> None:
+            await asyncio.get_running_loop().create_unix_server(asyncio.Protocol, sock=liar)
+
+        with pytest.raises(aioexclusive.ExclusivityError):
+            run(scenario(), base)
+    finally:
+        liar.close()
+        real.close()
