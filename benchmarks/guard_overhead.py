@@ -113,6 +113,9 @@ if mode != "plain":
     direct = {
         "hook alone, bind of an exclusive TCP socket": lambda: _guard._hook("socket.bind", (probe, ("127.0.0.1", port))),
         "hook alone, any other event": lambda: _guard._hook("open", ("f", "r", 0)),
+        # Every datagram a socket sends raises socket.sendto: the guard judges
+        # only unbound sockets (implicit binds), which costs one getsockname.
+        "hook alone, sendto of a bound UDP socket": lambda: _guard._hook("socket.sendto", (sender, target)),
     }
     for name, op in direct.items():
         n = iterations * 20

@@ -163,10 +163,44 @@ def _scenario_tcp_port0(port: int) -> socket.socket:
     return socket.create_server(("127.0.0.1", 0), reuse_port=True)
 
 
+def _udp_autobind(port: int, how: str) -> socket.socket:
+    """A UDP client with SO_REUSEADDR that never binds: its first send (or connect) autobinds it (red team D)."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if how == "sendto":
+            sock.sendto(b"query", ("127.0.0.1", port))
+        elif how == "sendmsg":
+            sock.sendmsg([b"query"], [], 0, ("127.0.0.1", port))
+        else:
+            sock.connect(("127.0.0.1", port))
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
+def _tcp_autobind_listen(port: int) -> socket.socket:
+    """A TCP socket with SO_REUSEPORT that listens without a bind: listen() autobinds it."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        sock.listen(64)
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
 SCENARIOS = {
     # Port 0: the port the system picks is public once bound (issue 12.7).
     "udp_port0": lambda port: _udp("127.0.0.1", 0),
     "tcp_port0": _scenario_tcp_port0,
+    # Implicit binds: no socket.bind event (red team D).
+    "udp_autobind_sendto": lambda port: _udp_autobind(port, "sendto"),
+    "udp_autobind_sendmsg": lambda port: _udp_autobind(port, "sendmsg"),
+    "udp_autobind_connect": lambda port: _udp_autobind(port, "connect"),
+    "tcp_autobind_listen": _tcp_autobind_listen,
     # Host and port in the other spellings bind() takes (issue 12.8).
     "udp_bytes_host": lambda port: _udp(b"127.0.0.1", port),
     "udp_bytearray_host": lambda port: _udp(bytearray(b"127.0.0.1"), port),
@@ -489,6 +523,10 @@ def test_warnings_as_errors_become_exclusivity_error() -> None:
 MORE = {
     "udp_port0": ("udp", "SO_REUSEADDR", "127.0.0.1:0 (a port the system picks)", True),
     "tcp_port0": ("tcp", "SO_REUSEPORT", "127.0.0.1:0 (a port the system picks)", False),
+    # The attacker (uid 65534 for UDP) reads the autobound port and binds it with SO_REUSEADDR.
+    "udp_autobind_sendto": ("udp", "SO_REUSEADDR", "bound implicitly by sendto() to 0.0.0.0:0", True),
+    "udp_autobind_sendmsg": ("udp", "SO_REUSEADDR", "bound implicitly by sendmsg() to 0.0.0.0:0", True),
+    "tcp_autobind_listen": ("tcp", "SO_REUSEPORT", "bound implicitly by listen() to 0.0.0.0:0", False),
     "udp_bytes_host": ("udp", "SO_REUSEADDR", "127.0.0.1:{port}", True),
     "udp_bytearray_host": ("udp", "SO_REUSEADDR", "127.0.0.1:{port}", True),
     "udp_index_port": ("udp", "SO_REUSEADDR", "127.0.0.1:{port}", True),
@@ -668,6 +706,70 @@ def test_late_options_that_do_not_share_pass_and_exempt_passes_everything() -> N
     assert proc.returncode == 0, proc.stderr
     out = eval(proc.stdout.strip().splitlines()[-1])  # a repr of a list of str/int tuples, from our own child
     assert out == ["late: refused", ("after", 0), ("exempt", 1, 1), "TypeError", "TypeError"], out
+    assert proc.stderr == ""
+
+
+@linux_only
+@pytest.mark.parametrize("mode", ["raise", "enforce", "warn"])
+def test_udp_connect_autobind_is_judged(mode: str) -> None:
+    """connect() autobinds a UDP socket too (the MORE harness cannot send to a connected socket from elsewhere)."""
+    result = run_child("udp_autobind_connect", [mode])
+    if mode == "raise":
+        assert result["error"]["type"] == "ExclusivityError", result
+        assert "bound implicitly by connect() to 0.0.0.0:0" in result["error"]["message"], result
+    else:
+        assert "error" not in result, result
+        assert result["options"]["SO_REUSEADDR"] == (1 if mode == "warn" else 0), result
+        assert len(result["warnings"]) == (1 if mode == "warn" else 0), result
+        assert result["address"][1] != 0  # the connect went ahead and bound it
+
+
+@posix_only
+def test_implicit_bind_checks_pass_what_they_should() -> None:
+    """Only an unbound socket with a sharing option is judged; a bound one's datagrams and TCP clients pass."""
+    proc = _run_code(
+        """
+        import socket, warnings
+        import aioexclusive
+        from aioexclusive import _guard
+        warnings.simplefilter("always")
+        aioexclusive.guard("raise", allow=["127.0.0.1:0"])
+        sink = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        sink.bind(("127.0.0.1", 0))
+        target = sink.getsockname()
+        out = []
+        plain = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)   # no options: autobinds freely
+        plain.sendto(b"a", target)
+        out.append(plain.getsockname()[1] != 0)
+        shared = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)  # allowed at its explicit bind
+        shared.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        shared.bind(("127.0.0.1", 0))
+        for _ in range(3):
+            shared.sendto(b"b", target)  # bound already: not an implicit bind
+        out.append("bound-sends-pass")
+        with _guard.exempt():
+            free = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            free.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            free.sendto(b"c", target)
+        out.append(("exempt", free.getsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR)))
+        server = socket.create_server(("127.0.0.1", 0))
+        client = socket.socket(socket.AF_INET, socket.SOCK_STREAM)  # TCP connect: not judged
+        client.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        client.connect(server.getsockname())
+        out.append("tcp-connect-passes")
+        unix = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        try:
+            unix.sendto(b"d", "/nonexistent/aioexclusive-test")
+        except OSError:
+            out.append("unix-own-error")
+        for sock in (sink, plain, shared, free, server, client, unix):
+            sock.close()
+        print(out)
+        """
+    )
+    assert proc.returncode == 0, proc.stderr
+    out = eval(proc.stdout.strip().splitlines()[-1])  # a repr of a list from our own child
+    assert out == [True, "bound-sends-pass", ("exempt", 1), "tcp-connect-passes", "unix-own-error"], out
     assert proc.stderr == ""
 
 
