@@ -58,6 +58,7 @@ import socket
 import sys
 import threading
 import warnings
+import weakref
 from collections.abc import Callable, Iterable, Iterator
 from contextvars import ContextVar
 from dataclasses import dataclass, field
@@ -452,6 +453,18 @@ def _fix(sock: Any, plan: BindPlan, offending: list[str], missing: list[str], ho
 # kernel gives a connecting socket a port bind() cannot share a listener on.
 _IMPLICIT_EVENTS = frozenset({"socket.sendto", "socket.sendmsg", "socket.connect"})
 
+# UDP sockets seen bound by a sendto/sendmsg: their later datagrams skip the
+# getsockname (a system call, about 0.6 µs on the CI machine, on every
+# datagram). Weak references, gone with the socket. A socket stays bound
+# until it is closed, except an autobound UDP socket that disconnects
+# (connect(AF_UNSPEC)): connect() therefore always asks the kernel, and a
+# sharing option set on a socket found unbound again drops it from here.
+_known_bound: set[weakref.ref[Any]] = set()
+
+
+def _forget(ref: weakref.ref[Any]) -> None:
+    _known_bound.discard(ref)
+
 
 def _hook_implicit(event: str, args: tuple[Any, ...]) -> None:
     """An audit event that may autobind a UDP socket: judge it if the socket is still unbound."""
@@ -464,10 +477,20 @@ def _hook_implicit(event: str, args: tuple[Any, ...]) -> None:
     if not isinstance(sock, _CSocket) or _type_of(sock) & ~_TYPE_FLAGS != socket.SOCK_DGRAM:
         return
     try:
+        ref: weakref.ref[Any] | None = weakref.ref(sock)
+    except TypeError:
+        ref = None  # a bare _socket.socket has no weak references: ask the kernel every time
+    if ref is not None and ref in _known_bound and event != "socket.connect":
+        return
+    try:
         bound = _getsockname(sock)
     except OSError:
         return
-    if type(bound) is not tuple or len(bound) < 2 or bound[1] != 0:
+    if type(bound) is not tuple or len(bound) < 2:
+        return  # AF_UNIX and other names: not ours
+    if bound[1] != 0:
+        if ref is not None:
+            _known_bound.add(weakref.ref(sock, _forget))
         return
     if getattr(_local, "busy", False) or _EXEMPT.get():
         return
@@ -626,7 +649,11 @@ def _check_late_option(sock: Any, args: tuple[Any, ...]) -> bool:
     except OSError:
         return False
     if not isinstance(bound, tuple) or len(bound) < 2 or bound[1] == 0:
-        return False  # not bound yet: the bind will be judged with this option
+        # Not bound (again: an autobound UDP socket that disconnected): the
+        # bind, explicit or implicit, will be judged with this option.
+        with contextlib.suppress(TypeError):
+            _known_bound.discard(weakref.ref(sock))
+        return False
     name = _OPTION_NAMES[args[1]]
     found = _shareable(sock, bound, (name, value))
     if found is None:

@@ -773,6 +773,37 @@ def test_implicit_bind_checks_pass_what_they_should() -> None:
     assert proc.stderr == ""
 
 
+@linux_only
+def test_autobound_socket_that_disconnects_is_judged_again() -> None:
+    """connect(AF_UNSPEC) unbinds an autobound UDP socket: its next send autobinds again, with new options."""
+    proc = _run_code(
+        """
+        import ctypes, socket, struct
+        import aioexclusive
+        from aioexclusive import ExclusivityError
+        aioexclusive.guard("raise")
+        sink = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        sink.bind(("127.0.0.1", 0))
+        s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        for _ in range(3):
+            s.sendto(b"a", sink.getsockname())   # no options: autobound, then known bound
+        unspec = struct.pack("=H14x", socket.AF_UNSPEC)
+        assert ctypes.CDLL(None).connect(s.fileno(), unspec, len(unspec)) == 0
+        out = [s.getsockname()[1]]
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)   # unbound: the next bind is judged
+        try:
+            s.sendto(b"b", sink.getsockname())
+            out.append("sent")
+        except ExclusivityError:
+            out.append("refused")
+        out.append(s.getsockname()[1])
+        print(out)
+        """
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert eval(proc.stdout.strip().splitlines()[-1]) == [0, "refused", 0]
+
+
 # The warning must reach stderr however __main__ was loaded (issue 14.8): under
 # -c and from stdin, __main__'s loader cannot return source, and warn_explicit
 # raised ImportError from its source-line lookup.
