@@ -368,18 +368,18 @@ class _Child:
                 keep = action()  # noqa: F841 - held until told to stop
                 os.write(ready_w, b"k")
                 os.read(self._stop_r, 1)
-            except BaseException:  # noqa: BLE001
-                os.write(ready_w, b"e")
+            except BaseException as exc:  # noqa: BLE001
+                os.write(ready_w, b"e" + repr(exc).encode()[:500])
                 code = 1
             os._exit(code)
         os.close(ready_w)
         os.close(self._stop_r)
         self.pid = pid
-        answer = os.read(ready_r, 1)
+        answer = os.read(ready_r, 512)
         os.close(ready_r)
         if answer != b"k":
             self.stop()
-            raise RuntimeError("the helper process failed")
+            raise RuntimeError(f"the helper process failed: {answer[1:].decode(errors='replace')}")
 
     def stop(self) -> None:
         os.close(self._stop_w)
