@@ -22,6 +22,13 @@ judges a sharing option turned on for a socket that is already bound, the
 same way the hook judges a bind. Calls that bypass that class attribute
 (``_socket.socket.setsockopt(sock, ...)``, C extensions, libuv) stay unseen.
 
+Nor is every bind a ``bind`` call: the kernel binds an unbound socket itself
+(wildcard address, ephemeral port, the socket's options kept) on a UDP
+socket's first ``sendto``/``sendmsg``/``connect`` and on ``listen``. The hook
+judges those audit events while the socket is still unbound, and
+``socket.socket.listen`` is wrapped like ``setsockopt``: both as a bind to the
+wildcard, port 0.
+
 What this cannot see: binds made in C without the ``socket`` module (uvloop
 and winloop bind through libuv, other extension modules call ``bind(2)``
 themselves) raise no audit event, nor do sockets that arrive bound (inherited
@@ -30,8 +37,9 @@ descriptors, ``socket.fromfd``). Use the exclusive loops for those.
 Four facts shape the code below:
 
 * Audit hooks cannot be removed, and the hook is called for *every* audit
-  event in the process (imports, ``open``, ``exec``...), so the first line
-  throws away everything that is not a ``socket.bind`` with one comparison,
+  event in the process (imports, ``open``, ``exec``...), so the first lines
+  throw away everything that is not a socket event with one comparison and
+  one set lookup,
   and ``guard()`` only ever swaps the mode the hook reads.
 * An exception raised in an audit hook aborts the operation that raised the
   event. That is how ``raise`` refuses a bind, and also why any *other*
@@ -190,7 +198,10 @@ def guard(mode: GuardMode = "warn", *, allow: Iterable[AllowEntry] = ()) -> Guar
     ``SO_EXCLUSIVEADDRUSE`` or with ``SO_REUSEADDR``. Binds to port 0 are
     judged like any other: the port the system picks is public once bound.
     Turning such an option on with ``setsockopt`` *after* the bind is judged
-    too (``raise`` refuses the call, ``enforce`` skips it, ``warn`` warns).
+    too (``raise`` refuses the call, ``enforce`` skips it, ``warn`` warns), and
+    so are implicit binds: the first ``sendto``/``sendmsg``/``connect`` of an
+    unbound UDP socket and ``listen`` on an unbound TCP socket are judged as a
+    bind to the wildcard, port 0 (``enforce`` clears the option first).
 
     Args:
         mode: ``"warn"``: emit `ExclusivityWarning` naming the address and the
