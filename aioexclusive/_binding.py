@@ -509,10 +509,14 @@ def _open_bound_sockets_once(
 
     listening = backlog is not None
     chosen = 0
+    on_chosen: set[int] = set()  # families already listening on the chosen port
     sockets: list[socket.socket] = []
     try:
         for family, type_, proto, _, sockaddr in infos:
-            if same_port and chosen:
+            if same_port and chosen and family not in on_chosen and _port_of(sockaddr) == 0:
+                # Each family on the port the kernel picked for the first
+                # (asyncio gives each its own); two addresses of one family
+                # would conflict on one port, so a second one gets its own.
                 sockaddr = _with_port(sockaddr, chosen)
             wildcard = (
                 listening
@@ -547,6 +551,8 @@ def _open_bound_sockets_once(
                 continue
             if same_port and not chosen:
                 chosen = sock.getsockname()[1]
+            if same_port and sock.getsockname()[1] == chosen:
+                on_chosen.add(family)
         if listening:
             try:
                 _wildcard.protect(sockets)

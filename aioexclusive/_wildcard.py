@@ -191,9 +191,19 @@ def protect(listeners: list[socket.socket]) -> None:
     if not HOLDS_WILDCARDS:
         return
     by_port: dict[int, list[socket.socket]] = {}
+    # Families that a listener of this same call on a *specific* address
+    # covers: the other family's wildcard prime conflicts with it as with a
+    # hold (neither has SO_REUSEPORT), and a hold could not be bound next to
+    # it anyway. They are closed together with the wildcard listener.
+    pinned: dict[int, set[int]] = {}
     for sock in listeners:
-        if isinstance(sock, HeldListener) and sock.type == socket.SOCK_STREAM:
-            by_port.setdefault(sock.getsockname()[1], []).append(sock)
+        if sock.type != socket.SOCK_STREAM:
+            continue
+        port = sock.getsockname()[1]
+        if isinstance(sock, HeldListener):
+            by_port.setdefault(port, []).append(sock)
+        else:
+            pinned.setdefault(port, set()).add(int(sock.family))
     with _lock:
         added: list[tuple[int, HeldListener]] = []
         new_holds: list[tuple[int, int]] = []
@@ -208,7 +218,7 @@ def protect(listeners: list[socket.socket]) -> None:
                     )
                     sock._exclusive_port = port
                     added.append((port, sock))
-                covered = entry.covered()
+                covered = entry.covered() | pinned.get(port, set())
                 for family in _FAMILIES:
                     if family not in covered and family not in entry.holds:
                         entry.holds[family] = _bind_hold(family, port)

@@ -90,6 +90,29 @@ def test_two_step_takeover_of_bind_socket_fails(other_user_attacker: Attacker, f
 
 
 @needs_ipv6
+def test_two_step_fails_when_the_same_call_listens_on_a_specific_other_family_address(
+    other_user_attacker: Attacker, base: str
+) -> None:
+    """["127.0.0.1", "::"]: no hold on 0.0.0.0 (it would collide with our own 127.0.0.1), yet no prime lands."""
+
+    async def listener():  # type: ignore[no-untyped-def]
+        from services import Counter, Service, _TCPCounting
+
+        counter = Counter()
+        server = await asyncio.get_running_loop().create_server(
+            lambda: _TCPCounting(counter), ["127.0.0.1", "::"], 0
+        )
+        ports = {s.getsockname()[1] for s in server.sockets}
+        assert len(ports) == 1, "each family gets the same port"
+        return Service(server, ports.pop(), counter, list(server.sockets))
+
+    result, prime, stolen, received = _two_step(other_user_attacker, 6, listener, False, base)
+    assert prime == "EADDRINUSE"
+    assert not result.ok
+    assert (stolen, received) == (0, TRAFFIC)
+
+
+@needs_ipv6
 def test_control_two_step_takes_over_a_plain_ipv6_wildcard_listener(other_user_attacker: Attacker, base: str) -> None:
     """The attack itself, against the plain loop: it must win, or the tests above prove nothing."""
     result, prime, stolen, received = _two_step(

@@ -794,11 +794,6 @@ def test_a_replaced_getaddrinfo_is_asked_for_the_wildcard() -> None:
 
 
 @pytest.mark.skipif(not HAVE_IPV6, reason="needs IPv6")
-@pytest.mark.xfail(
-    strict=True,
-    reason="KNOWN BUG (issue 13 report): the '::' listener's hold on 0.0.0.0:P collides with the same call's "
-    "127.0.0.1:P, so create_server(['127.0.0.1', '::'], 0) raises AddressInUseError where asyncio serves",
-)
 @pytest.mark.parametrize("base", BASES)
 def test_a_wildcard_hold_does_not_refuse_the_calls_own_address(base: str) -> None:
     async def call() -> Any:
