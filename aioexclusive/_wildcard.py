@@ -38,6 +38,7 @@ looping on ``bind`` hits).
 
 from __future__ import annotations
 
+import copyreg
 import os
 import socket
 import sys
@@ -119,6 +120,22 @@ class HeldListener(socket.socket):
             return super().detach()
         finally:
             _forget(self)
+
+
+def _reduce_for_workers(sock: HeldListener) -> Any:
+    # multiprocessing hands sockets to spawned workers (uvicorn, hypercorn) with
+    # a reducer registered for socket.socket itself, not for subclasses: this
+    # one does the same for a listener of ours. The worker gets a plain socket
+    # for the same descriptor; the hold stays with the supervisor's object.
+    # Outside a spawn, a socket cannot be pickled, and neither can this.
+    from multiprocessing import context, reduction
+
+    if context.get_spawning_popen() is None:
+        raise TypeError(f"cannot pickle {type(sock).__name__!r} object")
+    return reduction._reduce_socket(sock)  # type: ignore[attr-defined]
+
+
+copyreg.pickle(HeldListener, _reduce_for_workers)
 
 
 def is_wildcard(family: int, sockaddr: Any) -> bool:

@@ -526,3 +526,29 @@ def test_unix_server_sock_that_is_really_tcp_is_audited(same_user_attacker: Atta
     finally:
         liar.close()
         real.close()
+
+
+def _report_listener(sock: socket.socket, queue) -> None:  # type: ignore[no-untyped-def]
+    queue.put(sock.getsockname()[1])
+    sock.close()
+
+
+def test_a_held_listener_can_be_handed_to_spawned_workers() -> None:
+    """uvicorn and hypercorn spawn workers with their listener: a HeldListener must pickle for them."""
+    import multiprocessing
+    import pickle
+
+    listener = aioexclusive.bind_socket(("0.0.0.0", 0))
+    try:
+        with pytest.raises(TypeError):
+            pickle.dumps(listener)  # as with any socket, outside a spawn
+        ctx = multiprocessing.get_context("spawn")
+        queue = ctx.Queue()
+        worker = ctx.Process(target=_report_listener, args=(listener, queue))
+        worker.start()
+        assert queue.get(timeout=30) == listener.getsockname()[1]
+        worker.join(30)
+        queue.close()
+        queue.join_thread()
+    finally:
+        listener.close()
