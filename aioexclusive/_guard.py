@@ -279,7 +279,8 @@ def _hook(event: str, args: tuple[Any, ...]) -> None:
     # string comparison and one set lookup.
     if event != "socket.bind":
         if event in _IMPLICIT_EVENTS:
-            _hook_implicit(event, args)
+            if _pending:  # empty unless a sharing option was set on an unbound socket
+                _hook_implicit(event, args)
         elif event == "aioexclusive.guard.probe":
             _local.probed = True
         return
@@ -464,17 +465,19 @@ def _fix(sock: Any, plan: BindPlan, offending: list[str], missing: list[str], ho
 # kernel gives a connecting socket a port bind() cannot share a listener on.
 _IMPLICIT_EVENTS = frozenset({"socket.sendto", "socket.sendmsg", "socket.connect"})
 
-# UDP sockets seen bound by a sendto/sendmsg: their later datagrams skip the
-# getsockname (a system call, about 0.6 µs on the CI machine, on every
-# datagram). Weak references, gone with the socket. A socket stays bound
-# until it is closed, except an autobound UDP socket that disconnects
-# (connect(AF_UNSPEC)): connect() therefore always asks the kernel, and a
-# sharing option set on a socket found unbound again drops it from here.
-_known_bound: set[weakref.ref[Any]] = set()
+# Sockets that had a sharing option turned on while unbound (seen by the
+# setsockopt wrapper, which asks the kernel anyway for such a call): the only
+# ones an implicit bind can make shareable. Weak references, gone with the
+# socket, or dropped once it is found bound. Empty in almost every process, so
+# the datagram path (one socket.sendto event per datagram) costs one set
+# lookup and one truth test, no system call. An autobound UDP socket that
+# disconnects (connect(AF_UNSPEC)) is unbound again; setting the option again
+# brings it back here.
+_pending: set[weakref.ref[Any]] = set()
 
 
 def _forget(ref: weakref.ref[Any]) -> None:
-    _known_bound.discard(ref)
+    _pending.discard(ref)
 
 
 def _hook_implicit(event: str, args: tuple[Any, ...]) -> None:
@@ -482,16 +485,15 @@ def _hook_implicit(event: str, args: tuple[Any, ...]) -> None:
     if _state.mode == "off" or not args:
         return
     sock = args[0]
-    # The data path: every datagram a UDP socket sends passes here. No system
-    # call for what is not a datagram socket, then one getsockname; a bound
-    # socket (port != 0; AF_UNIX names are not tuples) returns at once.
+    # Only reached while some socket is pending (see _pending): is it this one,
+    # and is it still unbound?
     if not isinstance(sock, _CSocket) or _type_of(sock) & ~_TYPE_FLAGS != socket.SOCK_DGRAM:
         return
     try:
-        ref: weakref.ref[Any] | None = weakref.ref(sock)
+        ref = weakref.ref(sock)
     except TypeError:
-        ref = None  # a bare _socket.socket has no weak references: ask the kernel every time
-    if ref is not None and ref in _known_bound and event != "socket.connect":
+        return  # a bare _socket.socket: its setsockopt never passed the wrapper either
+    if ref not in _pending:
         return
     try:
         bound = _getsockname(sock)
@@ -500,8 +502,7 @@ def _hook_implicit(event: str, args: tuple[Any, ...]) -> None:
     if type(bound) is not tuple or len(bound) < 2:
         return  # AF_UNIX and other names: not ours
     if bound[1] != 0:
-        if ref is not None:
-            _known_bound.add(weakref.ref(sock, _forget))
+        _pending.discard(ref)  # bound (explicitly, or by an earlier call): judged then
         return
     if getattr(_local, "busy", False) or _EXEMPT.get():
         return
@@ -660,10 +661,11 @@ def _check_late_option(sock: Any, args: tuple[Any, ...]) -> bool:
     except OSError:
         return False
     if not isinstance(bound, tuple) or len(bound) < 2 or bound[1] == 0:
-        # Not bound (again: an autobound UDP socket that disconnected): the
-        # bind, explicit or implicit, will be judged with this option.
+        # Not bound (yet, or again: an autobound UDP socket that disconnected):
+        # an explicit bind is judged with this option in place; an implicit
+        # one (sendto/sendmsg/connect) only for the sockets noted here.
         with contextlib.suppress(TypeError):
-            _known_bound.discard(weakref.ref(sock))
+            _pending.add(weakref.ref(sock, _forget))
         return False
     name = _OPTION_NAMES[args[1]]
     found = _shareable(sock, bound, (name, value))

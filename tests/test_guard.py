@@ -744,9 +744,11 @@ def test_implicit_bind_checks_pass_what_they_should() -> None:
         shared = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)  # allowed at its explicit bind
         shared.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         shared.bind(("127.0.0.1", 0))
+        out.append(len(_guard._pending))  # its option was set while unbound: noted
         for _ in range(3):
             shared.sendto(b"b", target)  # bound already: not an implicit bind
         out.append("bound-sends-pass")
+        out.append(len(_guard._pending))  # found bound: no longer noted
         with _guard.exempt():
             free = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
             free.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -769,7 +771,7 @@ def test_implicit_bind_checks_pass_what_they_should() -> None:
     )
     assert proc.returncode == 0, proc.stderr
     out = eval(proc.stdout.strip().splitlines()[-1])  # a repr of a list from our own child
-    assert out == [True, "bound-sends-pass", ("exempt", 1), "tcp-connect-passes", "unix-own-error"], out
+    assert out == [True, 1, "bound-sends-pass", 0, ("exempt", 1), "tcp-connect-passes", "unix-own-error"], out
     assert proc.stderr == ""
 
 
