@@ -73,6 +73,7 @@ from dataclasses import dataclass, field
 from types import FrameType
 from typing import Any, Literal, Union
 
+from . import _guard_holds
 from ._errors import ExclusivityError, ExclusivityWarning
 from ._plan import (
     SHARING_OPTIONS,
@@ -270,6 +271,10 @@ def _install() -> None:
     if not getattr(_local, "probed", False):
         raise RuntimeError("aioexclusive.guard() could not install its audit hook: another audit hook refused it")
     _wrap_setsockopt()
+    # First the holds' wrappers (listen/close/detach: the other family's
+    # wildcard held for a one-family wildcard listener), then _wrap_listen
+    # around them: the implicit-bind check runs before the hold is taken.
+    _guard_holds.install(_state, _local, _EXEMPT, _warn, _origin)
     _wrap_listen()
     _state.installed = True
 
@@ -289,6 +294,9 @@ def _hook(event: str, args: tuple[Any, ...]) -> None:
     _local.busy = True
     try:
         _check_bind(args)
+        if _guard_holds._watched and len(args) == 2:
+            # Judged and allowed: if it binds a wildcard we hold, the hold steps aside.
+            _guard_holds.before_bind(*args)
     except ExclusivityError:
         raise
     except Exception:  # noqa: BLE001, S110 - see below: the hook must not break a bind

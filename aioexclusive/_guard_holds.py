@@ -1,0 +1,511 @@
+"""The guard's holds: the other family's wildcard, kept while a one-family wildcard listener lives (Linux).
+
+The exclusive loops defend their own wildcard listeners against the two-step
+``SO_REUSEPORT`` takeover (`aioexclusive._wildcard` explains the kernel side)
+by binding the *other* family's wildcard on the same port with an
+option-free socket that never listens (a *hold*). The guard judges options,
+and options alone cannot stop that takeover: a ``0.0.0.0:P`` listener with no
+sharing option at all is taken over by another user who primes ``[::]:P``
+(IPv6-only, ``SO_REUSEPORT``), closes it, and binds a dual-stack ``[::]:P``.
+So under ``raise`` and ``enforce`` the guard holds too, for every TCP socket
+of the process that starts listening on one family's wildcard (``0.0.0.0``,
+or ``::`` with ``IPV6_V6ONLY``), whoever created it: plain asyncio,
+``socketserver``, uvicorn, hypercorn, gunicorn.
+
+``listen()``, ``close()`` and ``detach()`` raise no audit event, so the guard
+wraps them on the Python class (``socket.socket``), like ``setsockopt``:
+
+* ``listen`` (`on_listen`): before the system call, bind the hold. If the
+  other family's wildcard is already taken, by a socket of this very process
+  (asyncio's ``create_server(host=None)`` binds both families, then listens
+  on each) nothing is needed; by anyone else, the listener can be taken over
+  and `on_listen` says so (``raise`` refuses the listen, ``enforce`` warns).
+* ``_real_close`` (the system call behind ``close()`` and the last
+  ``makefile`` close) and ``detach`` (`on_release`): the hold goes with the
+  listener; a weak reference covers a listener that is only garbage
+  collected.
+* a later bind of the held family's wildcard on the same port by this
+  process (``hypercorn --bind 0.0.0.0:P --bind [::]:P``) releases the hold
+  just before that bind's system call (`before_bind`, from the audit hook).
+  Another socket object cannot become the held one, so there is a window of
+  a few microseconds. It gives an attacker nothing silent: the program's
+  socket has no ``SO_REUSEPORT`` (``raise`` refused it, ``enforce`` cleared
+  it, before this runs), so its bind either succeeds, and joining the bind
+  bucket without ``SO_REUSEPORT`` erases whatever reuseport record a prime
+  left there, or fails with ``EADDRINUSE``, which the program sees. If that
+  socket is closed without listening, the hold is bound again.
+
+Pre-forking servers (gunicorn, uvicorn and hypercorn with workers) bind and
+listen in the parent, which keeps its socket object for its whole life: the
+hold in the parent protects the workers' shared listener. A worker that
+receives the socket (spawned, or ``fromfd``) and calls ``listen`` again finds
+it listening already; its hold attempt fails against the parent's hold and
+that is not reported (the socket was judged when it first listened).
+"""
+
+from __future__ import annotations
+
+import _socket
+import errno
+import os
+import socket
+import sys
+import threading
+import warnings
+import weakref
+from collections.abc import Callable
+from types import FrameType
+from typing import Any
+
+from ._errors import ExclusivityError, ExclusivityWarning
+
+from ._wildcard import HOLDS_WILDCARDS, HeldListener, _bind_hold, is_wildcard
+
+__all__ = ["before_bind", "install", "on_listen", "on_release", "watching"]
+
+_STREAM = int(socket.SOCK_STREAM)
+_TYPE_FLAGS = getattr(socket, "SOCK_NONBLOCK", 0) | getattr(socket, "SOCK_CLOEXEC", 0)
+_AF_INET = int(socket.AF_INET)
+_AF_INET6 = int(getattr(socket, "AF_INET6", -1))
+_OTHER = {_AF_INET: _AF_INET6, _AF_INET6: _AF_INET}
+_WILDCARD = {_AF_INET: "0.0.0.0", _AF_INET6: "::"}
+_SO_REUSEPORT = getattr(socket, "SO_REUSEPORT", None)
+_SO_ACCEPTCONN = getattr(socket, "SO_ACCEPTCONN", None)
+
+_CSocket = _socket.socket  # C-level methods: a subclass cannot override what the guard reads
+_family_of = _CSocket.family.__get__
+_type_of = _CSocket.type.__get__
+_getsockname = _CSocket.getsockname
+_getsockopt = _CSocket.getsockopt
+
+_lock = threading.RLock()
+
+
+class _Port:
+    """This process's listeners on one TCP port, and the holds it keeps for them."""
+
+    __slots__ = ("holds", "listeners")
+
+    def __init__(self) -> None:
+        # id(sock) -> (ref, family covered, fork generation at registration)
+        self.listeners: dict[int, tuple[weakref.ref[Any], int, int]] = {}
+        self.holds: dict[int, socket.socket] = {}  # family -> hold socket
+
+
+_ports: dict[int, _Port] = {}
+# id(sock) -> port, for every registered listener and every socket that
+# bound a released hold's family (pending): the close/detach wrappers look
+# only here, so the cost for every other socket of the process is one lookup.
+_watched: dict[int, int] = {}
+_pending: dict[int, tuple[weakref.ref[Any], int, int]] = {}  # id(sock) -> (ref, port, family)
+
+
+def watching() -> bool:
+    """Does any socket of this process have a hold or a pending release? (The wrappers' fast path.)"""
+    return bool(_watched)
+
+
+def _one_family_wildcard(sock: Any) -> tuple[int, int] | None:
+    """(family, port) when *sock* is a TCP socket bound to exactly one family's wildcard, else None."""
+    if not isinstance(sock, _CSocket) or _type_of(sock) & ~_TYPE_FLAGS != _STREAM:
+        return None
+    family = int(_family_of(sock))
+    if family not in _OTHER:
+        return None
+    bound = _getsockname(sock)
+    if not isinstance(bound, tuple) or len(bound) < 2 or not bound[1] or not is_wildcard(family, bound):
+        return None
+    if family == _AF_INET6 and not _getsockopt(sock, socket.IPPROTO_IPV6, socket.IPV6_V6ONLY):
+        return None  # dual-stack [::]: both wildcards are this socket, nothing to hold
+    return family, int(bound[1])
+
+
+def _own_socket_on(family: int, port: int) -> bool:
+    """Is *family*'s wildcard on *port* bound by a socket of this process without ``SO_REUSEPORT``?
+
+    Only asked when a hold cannot be bound (rare), so reading /proc/self/fd is affordable.
+    A dual-stack ``[::]`` counts for both families.
+    """
+    try:
+        fds = os.listdir("/proc/self/fd")
+    except OSError:
+        return False
+    for name in fds:
+        try:
+            if not os.readlink(f"/proc/self/fd/{name}").startswith("socket:"):
+                continue
+            probe = _CSocket(fileno=os.dup(int(name)))
+        except (OSError, ValueError):
+            continue
+        try:
+            if _type_of(probe) & ~_TYPE_FLAGS != _STREAM or int(_family_of(probe)) not in _OTHER:
+                continue
+            bound = _getsockname(probe)
+            if not isinstance(bound, tuple) or len(bound) < 2 or bound[1] != port:
+                continue
+            own = int(_family_of(probe))
+            if not is_wildcard(own, bound):
+                continue
+            if _SO_REUSEPORT is not None and _getsockopt(probe, socket.SOL_SOCKET, _SO_REUSEPORT):
+                continue  # shareable: not a hold, whoever owns it
+            if own == family or (own == _AF_INET6 and not _getsockopt(probe, socket.IPPROTO_IPV6, socket.IPV6_V6ONLY)):
+                return True
+        except OSError:
+            continue
+        finally:
+            probe.close()
+    return False
+
+
+def on_listen(sock: Any, mode: str) -> str | None:
+    """Hold the other family's wildcard for *sock*, which is about to listen; a problem to report, or None.
+
+    *mode* is ``"warn"`` (nothing is bound: only the problem is reported),
+    ``"raise"`` or ``"enforce"``. The caller raises or warns with the text.
+    """
+    if not HOLDS_WILDCARDS or isinstance(sock, HeldListener):
+        # HeldListener: an exclusive loop's own listener (or hold), which
+        # _wildcard.protect holds itself right after this listen.
+        return None
+    found = _one_family_wildcard(sock)
+    if found is None:
+        return None
+    family, port = found
+    other = _OTHER[family]
+    key = id(sock)
+    with _lock:
+        entry = _ports.get(port)
+        if entry is not None and key in entry.listeners:
+            return None  # listen() again (asyncio's create_server(sock=...)): registered already
+        pending = _pending.pop(key, None)
+        if pending is not None:
+            _watched.pop(key, None)
+        if entry is not None and (
+            other in entry.holds or any(record[1] == other for record in entry.listeners.values())
+        ):
+            _register(sock, port, family)
+            return None
+        listening = _SO_ACCEPTCONN is not None and bool(_getsockopt(sock, socket.SOL_SOCKET, _SO_ACCEPTCONN))
+        if mode == "warn":
+            if listening or _own_socket_on(other, port):
+                return None
+            return _problem(family, port, "is not held (guard mode 'warn' binds nothing)")
+        try:
+            hold = _bind_hold(other, port)
+        except OSError as exc:
+            if exc.errno != errno.EADDRINUSE:
+                return None  # no IPv6 on this host (EADDRNOTAVAIL...): nothing to take over through
+            if listening or _own_socket_on(other, port):
+                # Listening already: a worker given its parent's socket (the parent holds).
+                # Bound by a socket of ours: it covers the family itself.
+                return None
+            return _problem(family, port, "is taken by a socket outside this process")
+        _ports.setdefault(port, _Port()).holds[other] = hold
+        _register(sock, port, family)
+    return None
+
+
+def _problem(family: int, port: int, what: str) -> str:
+    other = _WILDCARD[_OTHER[family]]
+    mine = _WILDCARD[family]
+    return (
+        f"TCP listener on {_where(mine, port)}: the other family's wildcard {_where(other, port)} {what}, "
+        f"so a socket of another user can take this listener over with the two-step SO_REUSEPORT "
+        f"takeover (prime {_where(other, port)} with SO_REUSEPORT, close it, listen on a dual-stack "
+        f"[::]:{port}; docs/limits.md). Listen on a dual-stack [::] or on a specific address, or use "
+        "an exclusive loop"
+    )
+
+
+def _where(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def _register(sock: Any, port: int, family: int) -> None:
+    entry = _ports.setdefault(port, _Port())
+    key = id(sock)
+    entry.listeners[key] = (weakref.ref(sock, _collected(port, key)), family, _forks)
+    _watched[key] = port
+
+
+def _collected(port: int, key: int) -> Any:
+    # A listener garbage-collected without close() must not keep its port held.
+    def callback(_: object) -> None:
+        with _lock:
+            entry = _ports.get(port)
+            if entry is not None and key in entry.listeners:
+                del entry.listeners[key]
+                _watched.pop(key, None)
+                _rehold(port)
+
+    return callback
+
+
+def spare_for_demotion(sock: Any) -> socket.socket | None:
+    """Before *sock*'s close: a second descriptor of it, if it is to become its port's hold (else None).
+
+    When another of our listeners on the port still needs *sock*'s family
+    held, binding a fresh hold after the close fails as long as the closed
+    listener's connections (or their TIME_WAIT) occupy the port, and a
+    release-then-bind would leave a window anyway. So, as `_wildcard._demote`
+    does for the exclusive loops, the closing socket itself becomes the hold:
+    its spare descriptor stops listening (``shutdown``) and loses
+    ``SO_REUSEADDR`` after the close. Not for a socket this process shared by
+    forking since its registration: the shutdown would stop it listening in
+    the children (a pre-fork server's workers) too.
+    """
+    key = id(sock)
+    with _lock:
+        port = _watched.get(key)
+        entry = _ports.get(port) if port is not None else None
+        record = entry.listeners.get(key) if entry is not None else None
+        if entry is None or record is None or record[2] != _forks:
+            return None
+        listener = record[0]()
+        if listener is not sock or listener is None:
+            return None
+        family = record[1]
+        if family in entry.holds or any(r[1] == family for k, r in entry.listeners.items() if k != key):
+            return None
+        if not any(k != key for k in entry.listeners):
+            return None  # the last listener: the holds go, nothing to keep
+        try:
+            return socket.socket(fileno=os.dup(_CSocket.fileno(listener)))
+        except OSError:
+            return None
+
+
+def on_release(sock: Any, spare: socket.socket | None = None) -> None:
+    """*sock* was closed or detached: drop its registration and, with the last listener, the hold.
+
+    *spare* (from `spare_for_demotion`) becomes the hold of *sock*'s family.
+    """
+    key = id(sock)
+    with _lock:
+        port = _watched.pop(key, None)
+        entry = _ports.get(port) if port is not None else None
+        if port is None or entry is None:
+            if spare is not None:
+                spare.close()
+            return
+        pending = _pending.pop(key, None)
+        if pending is None:
+            record = entry.listeners.get(key)
+            if record is None or record[0]() is not sock:
+                if spare is not None:
+                    spare.close()
+                return
+            del entry.listeners[key]
+            if spare is not None:
+                _demote(entry, port, record[1], spare)
+        _rehold(port)
+
+
+def _demote(entry: _Port, port: int, family: int, spare: socket.socket) -> None:
+    try:
+        # Leaves LISTEN but stays bound (bound to an explicit port); the
+        # pending connections are reset, as the close would have done.
+        spare.shutdown(socket.SHUT_RDWR)
+        # Without SO_REUSEADDR it is exactly a hold: nothing can share it.
+        spare.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 0)
+        still_bound = spare.getsockname()[1] == port
+    except OSError:
+        still_bound = False
+    if still_bound and family not in entry.holds:
+        entry.holds[family] = spare
+    else:
+        # Bound to port 0 at first (the kernel picked the port): the shutdown
+        # gave the port back; _rehold binds a fresh hold, or warns.
+        spare.close()
+
+
+def _rehold(port: int) -> None:
+    """After a listener (or a pending bind) let go of *port*: drop the holds, or bind the ones now needed."""
+    entry = _ports[port]
+    if not entry.listeners:
+        if any(p == port for _, p, _f in _pending.values()):
+            return
+        for hold in entry.holds.values():
+            hold.close()
+        del _ports[port]
+        return
+    covered = {record[1] for record in entry.listeners.values()}
+    pending = {f for _, p, f in _pending.values() if p == port}
+    for family in (_AF_INET, _AF_INET6):
+        if family in covered or family in entry.holds or family in pending:
+            continue
+        try:
+            entry.holds[family] = _bind_hold(family, port)
+        except OSError as exc:
+            # Connections the closed listener accepted still occupy the port,
+            # or someone else got in: the remaining listener is not held. Say
+            # so rather than pretend (docs/limits.md).
+            warnings.warn(
+                f"could not hold {_where(_WILDCARD[family], port)} after its listener closed ({exc.strerror}); "
+                f"the remaining listener on port {port} is open to the two-step SO_REUSEPORT takeover "
+                "until it is restarted (see docs/limits.md)",
+                ExclusivityWarning,
+                stacklevel=4,
+            )
+
+
+def before_bind(sock: Any, address: Any) -> None:
+    """*sock* of this process is about to bind *address*: if that is a wildcard we hold, release the hold.
+
+    Called from the audit hook after the bind was judged (so *sock* has no
+    ``SO_REUSEPORT`` unless the user allowed it).
+    """
+    if not isinstance(sock, _CSocket) or _type_of(sock) & ~_TYPE_FLAGS != _STREAM:
+        return
+    family = int(_family_of(sock))
+    if family not in _OTHER or not isinstance(address, tuple) or len(address) < 2:
+        return
+    try:
+        port = int(address[1])
+    except (TypeError, ValueError):
+        return
+    if not is_wildcard(family, address):
+        return
+    with _lock:
+        entry = _ports.get(port)
+        if entry is None or family not in entry.holds:
+            return
+        if family == _AF_INET6 and not _getsockopt(sock, socket.IPPROTO_IPV6, socket.IPV6_V6ONLY):
+            return  # dual-stack: conflicts with our listener anyway; releasing would gain nothing
+        # Closed right before the bind's system call: see the module docstring
+        # for why the few microseconds in between give an attacker nothing silent.
+        entry.holds.pop(family).close()
+        key = id(sock)
+        _pending[key] = (weakref.ref(sock, _collected_pending(key)), port, family)
+        _watched[key] = port
+
+
+def _collected_pending(key: int) -> Any:
+    def callback(_: object) -> None:
+        with _lock:
+            pending = _pending.pop(key, None)
+            _watched.pop(key, None)
+            if pending is not None and pending[1] in _ports:
+                _rehold(pending[1])
+
+    return callback
+
+
+class _Guard:
+    """What the wrappers read from `aioexclusive._guard` (given to `install`: no import cycle)."""
+
+    state: Any = None  # _guard._State: .mode
+    local: Any = None  # _guard._local: .busy, the guard's re-entry flag
+    exempt: Any = None  # _guard._EXEMPT: ContextVar[bool]
+    warn: Callable[[str, FrameType, str], None] | None = None
+    origin: Callable[[FrameType], FrameType] | None = None
+
+
+_guard = _Guard()
+
+
+def install(
+    state: Any,
+    local: Any,
+    exempt: Any,
+    warn: Callable[[str, FrameType, str], None],
+    origin: Callable[[FrameType], FrameType],
+) -> None:
+    """Wrap ``socket.socket.listen``, ``_real_close`` and ``detach`` (once; none of them raises an audit event)."""
+    _guard.state, _guard.local, _guard.exempt, _guard.warn, _guard.origin = state, local, exempt, warn, origin
+    if not HOLDS_WILDCARDS or getattr(socket.socket.listen, "__aioexclusive_holds__", False):
+        return
+    inner_listen = socket.socket.listen
+    inner_close: Callable[[socket.socket, Any], None] = socket.socket._real_close  # type: ignore[attr-defined]
+    inner_detach = socket.socket.detach
+
+    def listen(self: socket.socket, *args: Any) -> None:
+        # Once per listener, not a hot path.
+        mode = _guard.state.mode
+        if mode != "off" and not getattr(_guard.local, "busy", False) and not _guard.exempt.get():
+            watched_before = id(self) in _watched
+            _guard.local.busy = True
+            try:
+                problem = on_listen(self, mode)
+            except Exception:  # noqa: BLE001 - as in the guard's hook: our trouble must not break a listen
+                problem = None
+            finally:
+                _guard.local.busy = False
+            if problem is not None:
+                refusal = f"refused listen() of a {problem}"
+                if mode == "raise":
+                    raise ExclusivityError(refusal)
+                assert _guard.warn is not None and _guard.origin is not None
+                _guard.warn(f"a {problem}", _guard.origin(_caller()), refusal)
+            try:
+                return inner_listen(self, *args)
+            except BaseException:
+                if not watched_before:
+                    on_release(self)  # the hold taken for this listen goes with it
+                raise
+        return inner_listen(self, *args)
+
+    def _real_close(self: socket.socket, _ss: Any = _socket.socket) -> None:
+        # Every socket close of the process passes here: one dict lookup
+        # (empty unless a hold exists) for a socket that is not ours.
+        if _watched and id(self) in _watched:
+            spare = spare_for_demotion(self)
+            try:
+                inner_close(self, _ss)
+            finally:
+                # After the close: the listener goes first, so it is never
+                # left listening without its hold.
+                on_release(self, spare)
+            return
+        inner_close(self, _ss)
+
+    def detach(self: socket.socket) -> int:
+        if _watched and id(self) in _watched:
+            try:
+                return inner_detach(self)
+            finally:
+                on_release(self)
+        return inner_detach(self)
+
+    wrappers: tuple[tuple[str, Any, Any], ...] = (
+        ("listen", listen, inner_listen),
+        ("_real_close", _real_close, inner_close),
+        ("detach", detach, inner_detach),
+    )
+    for name, wrapper, inner in wrappers:
+        wrapper.__doc__ = inner.__doc__
+        wrapper.__qualname__ = f"socket.{name}"
+        wrapper.__wrapped__ = inner
+        # Not __aioexclusive_guard__: _guard's own listen wrapper checks that
+        # marker to wrap only once, and must still wrap over this one.
+        wrapper.__aioexclusive_holds__ = True
+        setattr(socket.socket, name, wrapper)
+
+
+def _caller() -> FrameType:
+    """The frame that called ``listen`` (past the guard's own listen wrapper around ours)."""
+    frame = sys._getframe(2)  # _caller <- our listen wrapper <- its caller
+    while frame.f_back is not None and frame.f_globals.get("__name__") in ("aioexclusive._guard", __name__):
+        frame = frame.f_back
+    return frame
+
+
+# Counts the forks of this process (and of its parents since the import):
+# listeners registered before a fork are shared with the child, whose
+# descriptors keep them listening, so their close must never shut them down.
+_forks = 0
+
+
+def _before_fork() -> None:
+    global _forks  # noqa: PLW0603 - a counter
+    _forks += 1
+
+
+def after_fork_in_child() -> None:
+    """A new lock for the child: a fork while another thread held it must not deadlock the child."""
+    global _lock  # noqa: PLW0603 - replaced, not mutated: the parent's lock state is meaningless here
+    _lock = threading.RLock()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(before=_before_fork, after_in_child=after_fork_in_child)
