@@ -308,15 +308,38 @@ def _demote(entry: _Port, port: int, family: int, spare: socket.socket) -> None:
         spare.shutdown(socket.SHUT_RDWR)
         # Without SO_REUSEADDR it is exactly a hold: nothing can share it.
         spare.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 0)
-        still_bound = spare.getsockname()[1] == port
+        still_bound = spare.getsockname()[1] == port and _in_bucket(family, port)
     except OSError:
         still_bound = False
     if still_bound and family not in entry.holds:
         entry.holds[family] = spare
     else:
         # Bound to port 0 at first (the kernel picked the port): the shutdown
-        # gave the port back; _rehold binds a fresh hold, or warns.
+        # took it out of the port's bind bucket (getsockname still names the
+        # port); _rehold binds a fresh hold, or warns.
         spare.close()
+
+
+def _in_bucket(family: int, port: int) -> bool:
+    """Does something without ``SO_REUSEADDR`` (the demoted spare) still hold *family*'s wildcard on *port*?
+
+    A listener the kernel gave its port (bound to port 0) leaves the bind
+    bucket when it is shut down, though ``getsockname`` still names the
+    port; one bound to an explicit port stays. Measured, not documented: so
+    ask the kernel. The probe has ``SO_REUSEADDR`` to get past the closed
+    listener's connections, which share its ``SO_REUSEADDR``.
+    """
+    probe = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if family == _AF_INET6:
+            probe.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+        probe.bind((_WILDCARD[family], port))
+    except OSError:
+        return True
+    finally:
+        probe.close()
+    return False
 
 
 def _rehold(port: int) -> None:

@@ -293,6 +293,18 @@ def test_closing_one_of_two_listeners_keeps_its_family_held(
     assert "ExclusivityWarning" not in err, err
 
 
+def test_closing_a_port_0_listener_of_two_rebinds_the_hold(other_user_attacker: Attacker, victims: list[Victim]) -> None:
+    """The IPv4 server was bound to port 0: shut down, it leaves the port's bind bucket; a fresh hold replaces it."""
+    victim = _victim(victims, "half", "enforce", 0)
+    assert victim.port, victim.first
+    victim.close_servers()  # the 0.0.0.0 server only
+    assert not _bindable(V4, victim.port), "the closed IPv4 listener's port must be held again"
+    result, prime, stolen = _two_step(other_user_attacker, V6, victim.port)
+    assert prime == "EADDRINUSE" and not result.ok and stolen == 0, (result, prime, stolen)
+    err = victim.finish()
+    assert "ExclusivityWarning" not in err, err
+
+
 @pytest.mark.parametrize(("kind", "held"), [("asyncio4", V6), ("asyncio6", V4), ("socketserver", V6)])
 def test_hold_lives_as_long_as_the_listener(victims: list[Victim], kind: str, held: int) -> None:
     victim = _victim(victims, kind, "enforce")
