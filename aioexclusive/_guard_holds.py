@@ -298,6 +298,11 @@ def on_release(sock: Any, spare: socket.socket | None = None) -> None:
             del entry.listeners[key]
             if spare is not None:
                 _demote(entry, port, record[1], spare)
+            elif record[2] != _forks and entry.listeners:
+                # Registered before a fork: in a child (a pre-fork worker),
+                # the kernel socket still listens in the parent, which keeps
+                # its family covered; a fresh hold would only fail against it.
+                return
         _rehold(port)
 
 
