@@ -561,13 +561,17 @@ def test_version_specific_keywords_mirror_the_running_python(base: str) -> None:
     ("args", "kwargs", "error"),
     [
         ((("127.0.0.1", 70000),), {}, OverflowError),
-        (("127.0.0.1",), {}, TypeError),
-        ((("127.0.0.1", 0, 0),), {}, TypeError),
+        (("127.0.0.1",), {}, "not a 2-tuple"),
+        ((("127.0.0.1", 0, 0),), {}, "not a 2-tuple"),
         ((), {}, ValueError),  # neither address nor family
         ((), {"family": socket.AF_INET, "sock": None}, None),
     ],
 )
-def test_datagram_bad_arguments(base: str, args: tuple[Any, ...], kwargs: dict[str, Any], error: type | None) -> None:
+def test_datagram_bad_arguments(base: str, args: tuple[Any, ...], kwargs: dict[str, Any], error: Any) -> None:
+    if error == "not a 2-tuple":
+        # What the base loop raises: asyncio asserted before 3.11; uvloop raises TypeError.
+        error = AssertionError if base == "asyncio" and sys.version_info < (3, 11) else TypeError
+
     async def main() -> None:
         loop = asyncio.get_running_loop()
         if error is None:
