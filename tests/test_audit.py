@@ -201,7 +201,7 @@ def _nonroot(root_ports: list[int], root_pid: int) -> None:
     """As uid 65534: audit this user's own child and the root victims; print what was seen."""
     import ctypes
 
-    from aioexclusive._audit import AuditError, audit
+    from aioexclusive._cli.audit import AuditError, audit
 
     # The interpreter's home may be readable by root only: import everything
     # the audit needs (codecs included) before becoming uid 65534.
@@ -242,7 +242,7 @@ def _nonroot(root_ports: list[int], root_pid: int) -> None:
 
 def _multicast_scenario() -> None:
     """Inside a fresh network namespace: a group receiver, audited, attacked, and fed during the audit."""
-    from aioexclusive._audit import audit
+    from aioexclusive._cli.audit import audit
 
     if os.environ.get(HOST_NETNS_VAR) in (None, os.readlink("/proc/self/ns/net")):
         raise SystemExit("refusing to run: not inside a network namespace of the test's own making")
@@ -479,7 +479,7 @@ def test_procnet_reads_real_sockets_and_their_owner() -> None:
 
 
 def _obs(proto: str, family: int, address: str, options: dict[str, int] | None) -> Any:
-    from aioexclusive._audit import Observed
+    from aioexclusive._cli.audit import Observed
     from aioexclusive._procnet import ProcSocket
 
     sock = ProcSocket(proto, family, address, 4000, "LISTEN" if proto == "tcp" else "CLOSE", 1000, 1)  # type: ignore[arg-type]
@@ -506,7 +506,7 @@ def _obs(proto: str, family: int, address: str, options: dict[str, int] | None) 
 def test_verdict_rules(
     proto: str, family: int, address: str, options: dict[str, int] | None, other: bool, expected: str, who: str
 ) -> None:
-    from aioexclusive._audit import PortMap, verdict
+    from aioexclusive._cli.audit import PortMap, verdict
 
     fam = socket.AF_INET6 if family == 6 else socket.AF_INET
     ports = PortMap()
@@ -541,7 +541,7 @@ def test_verdict_rules(
 def test_other_family_hold_must_be_the_services_own(
     uid: int, pids: set[int], reuseaddr: int, reuseport: int, listening: bool, address: str, expected: str
 ) -> None:
-    from aioexclusive._audit import PortMap, verdict
+    from aioexclusive._cli.audit import PortMap, verdict
 
     ports = PortMap()
     ports.add(socket.AF_INET, "0.0.0.0", 4000, uid=1000, pids={1}, options={"SO_REUSEADDR": 1, "SO_REUSEPORT": 0},
@@ -555,7 +555,7 @@ def test_other_family_hold_must_be_the_services_own(
 
 
 def test_framework_fixes_are_recognised() -> None:
-    from aioexclusive._audit import recognise
+    from aioexclusive._cli.audit import recognise
 
     assert "--reuse-port" in (recognise(["/usr/bin/python3", "/venv/bin/gunicorn", "--reuse-port", "app:app"]) or "")
     assert "ExclusiveConfig" in (recognise(["/venv/bin/hypercorn", "--workers", "2", "app:app"]) or "")
@@ -585,7 +585,7 @@ COMBINATIONS = [
 def test_option_combinations_match_real_attackers(
     victims: list[Victim], same_user_attacker: Any, other_user_attacker: Any, uid: int | None
 ) -> None:
-    from aioexclusive._audit import audit
+    from aioexclusive._cli.audit import audit
 
     specs = [{"proto": proto, "family": 4, "host": "127.0.0.1", "options": options} for proto, options in COMBINATIONS]
     victim = Victim("victim", json.dumps({"uid": uid, "sockets": specs}))
@@ -615,7 +615,7 @@ def test_option_combinations_match_real_attackers(
 
 
 def _wildcard_case(victims: list[Victim], config: dict[str, Any]) -> tuple[dict[str, Any], Victim]:
-    from aioexclusive._audit import audit
+    from aioexclusive._cli.audit import audit
 
     victim = Victim("victim", json.dumps(config))
     victims.append(victim)
@@ -702,7 +702,7 @@ def test_attackers_held_prime_is_not_a_hold() -> None:
     # A plain 0.0.0.0 listener; the attacker keeps its [::] SO_REUSEPORT prime
     # open while the audit runs. That socket is the other family's, but the
     # attacker's: the verdict must stay shareable, and the attack is real.
-    from aioexclusive._audit import audit
+    from aioexclusive._cli.audit import audit
 
     service = socket.create_server(("0.0.0.0", 0))
     port = service.getsockname()[1]
@@ -737,7 +737,7 @@ def test_attackers_held_prime_is_not_a_hold() -> None:
 @pytest.mark.parametrize("host", ["127.0.0.1", "::"], ids=["loopback", "ipv6-wildcard"])
 def test_exclusive_loop_server(victims: list[Victim], same_user_attacker: Any, other_user_attacker: Any,
                                host: str) -> None:
-    from aioexclusive._audit import audit
+    from aioexclusive._cli.audit import audit
 
     if host == "::" and not HAVE_IPV6:
         pytest.skip("no IPv6")
@@ -806,7 +806,7 @@ def test_audit_as_another_user_sees_its_own_and_says_what_it_cannot(victims: lis
 
 def test_grpc_server_is_recognised(victims: list[Victim], same_user_attacker: Any) -> None:
     pytest.importorskip("grpc")
-    from aioexclusive._audit import audit
+    from aioexclusive._cli.audit import audit
 
     victim = Victim("grpc")
     victims.append(victim)
@@ -826,7 +826,7 @@ def test_grpc_server_is_recognised(victims: list[Victim], same_user_attacker: An
 
 
 def test_thousands_of_sockets(victims: list[Victim]) -> None:
-    from aioexclusive._audit import audit
+    from aioexclusive._cli.audit import audit
 
     victim = Victim("many", "3000")
     victims.append(victim)
@@ -910,7 +910,7 @@ def test_cli_bad_input_is_status_2(args: list[str]) -> None:
 
 
 def test_probe_fallback_for_unreadable_options(monkeypatch: pytest.MonkeyPatch) -> None:
-    from aioexclusive import _audit
+    from aioexclusive._cli import audit as _audit
 
     monkeypatch.setattr(_audit.Reader, "options", lambda self, sock, holders: (None, "unknown (no permission): x"))
     with socket.socket() as shared, socket.socket() as alone:
@@ -930,7 +930,7 @@ def test_probe_fallback_for_unreadable_options(monkeypatch: pytest.MonkeyPatch) 
 
 
 def test_cli_nothing_readable_is_status_2(monkeypatch: pytest.MonkeyPatch) -> None:
-    from aioexclusive import _audit
+    from aioexclusive._cli import audit as _audit
 
     monkeypatch.setattr(_audit.Reader, "options", lambda self, sock, holders: (None, "unknown (no permission): x"))
     with socket.socket() as alone:

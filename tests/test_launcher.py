@@ -11,7 +11,7 @@ import textwrap
 
 import pytest
 
-from aioexclusive._launcher import launch_environment
+from aioexclusive._cli.launcher import launch_environment
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PY = sys.executable

@@ -374,7 +374,7 @@ NETNS_SCRIPT = textwrap.dedent(
     sys.path.insert(0, sys.argv[1])
     subprocess.run(["ip", "link", "set", "lo", "up"], check=True)
     subprocess.run(["ip", "-6", "addr", "add", "fe80::1/64", "dev", "lo", "nodad"], check=True)
-    from aioexclusive._probe import probe
+    from aioexclusive._cli.probe import probe
     out = {}
     for name, options in (("reuseport", [socket.SO_REUSEPORT]), ("plain", [])):
         s = socket.socket(socket.AF_INET6)

@@ -1,7 +1,7 @@
 """``python -m aioexclusive``: plan | demo | probe | audit.
 
 argparse only (no dependency); colour through the optional ``rich`` when a
-person is reading a terminal (see `aioexclusive._term`).
+person is reading a terminal (see `aioexclusive._cli.term`).
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ def _port(text: str) -> int:
 
 
 def _parser() -> argparse.ArgumentParser:
-    from . import __version__
+    from .. import __version__
 
     parser = argparse.ArgumentParser(prog="python -m aioexclusive", description=_DESCRIPTION)
     parser.add_argument("--version", action="version", version=f"aioexclusive {__version__}")
@@ -126,34 +126,34 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the exit status."""
     args = _parser().parse_args(argv)
     if args.command == "run":
-        from ._launcher import launch
+        from .launcher import launch
 
         return launch(args.mode, args.allow, args.program)
-    from ._term import Out
+    from .term import Out
 
     out = Out(args.color)
     if args.command == "plan":
         if args.json:
-            from ._planview import plan_rows
+            from .planview import plan_rows
 
             print(json.dumps(plan_rows(), indent=2))
             return 0
-        from ._planview import show_plan
+        from .planview import show_plan
 
         show_plan(out)
         return 0
     if args.command == "demo":
-        from ._demo import run_demo
+        from .demo import run_demo
 
         return run_demo(out)
     if args.command == "audit":
-        from ._audit import run_audit
+        from .audit import run_audit
 
         kind: Literal["tcp", "udp"] | None = "tcp" if args.tcp else "udp" if args.udp else None
         return run_audit(
             out, ports=args.port, pid=args.pid, user=args.user, proto=kind, probe=args.probe, as_json=args.json
         )
-    from ._probe import run_probe
+    from .probe import run_probe
 
     return run_probe(out, args.host, args.port, udp=args.udp, users=args.user, as_json=args.json)
 

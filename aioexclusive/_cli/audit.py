@@ -21,7 +21,7 @@ Linux only, and read-only: nothing is bound, connected or sent.
    ``/proc/net/tcp*``; the audit finds them through the same duplicates, so
    an exclusive loop's other-family holder counts.
 
-``--probe`` falls back to the bind probe (`._probe`) for sockets whose options
+``--probe`` falls back to the bind probe (`_cli.probe`) for sockets whose options
 could not be read.
 """
 
@@ -40,8 +40,8 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from ._procnet import ProcSocket, read_sockets, socket_owners
-from ._term import Out
+from .._procnet import ProcSocket, read_sockets, socket_owners
+from .term import Out
 
 __all__ = [
     "AuditError",
@@ -803,7 +803,7 @@ def _netns(pid: int | None) -> str | None:
 
 def _probe_fallback(sock: ProcSocket, finding: Finding) -> Finding:
     """The bind probe's answer for a socket whose options could not be read."""
-    from ._probe import ProbeError, probe
+    from .probe import ProbeError, probe
 
     address = sock.ipv4 if sock.ipv4 and sock.family == socket.AF_INET6 else sock.address
     try:

@@ -6,7 +6,7 @@ wildcard service, a specific address under it), as this user and, when run as
 root, as an unprivileged user (``nobody`` unless ``--user`` says otherwise,
 plus the service's own user, read from ``/proc/net`` on Linux or from psutil:
 ``SO_REUSEPORT`` only shares within one user). On Linux it also tries the
-two-step binds of the kernel fast path (DESIGN section 7) against a wildcard
+two-step binds of the kernel fast path (docs/limits.md) against a wildcard
 service of either family: a priming ``SO_REUSEPORT`` bind (alone, and with
 ``SO_REUSEADDR``, which gets past TIME_WAIT and connections) on the other
 family's wildcard, closed, then a dual-stack ``[::]`` bind with ``SO_REUSEPORT``. The final "Fix:" line names
@@ -54,9 +54,9 @@ import sys
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from ._attack import NOBODY, Agent, attempt, option_sets, resolve_user
-from ._holder import find_holders
-from ._term import Out
+from .attack import NOBODY, Agent, attempt, option_sets, resolve_user
+from .._holder import find_holders
+from .term import Out
 
 __all__ = ["ProbeError", "run_probe"]
 
@@ -182,7 +182,7 @@ def _plans(address: str, proto: str) -> list[_Plan]:
             listen = proto == "tcp" and ON_LINUX and "SO_REUSEPORT" not in options
             plans.append(_Plan(target, what, options, listen, v6only))
     if proto == "tcp" and ON_LINUX and hasattr(socket, "SO_REUSEPORT") and socket.has_ipv6 and _is_wildcard(address):
-        # The kernel fast path (DESIGN section 7): a SO_REUSEPORT bind that
+        # The kernel fast path (docs/limits.md): a SO_REUSEPORT bind that
         # passes on the *other* family's wildcard leaves the port's bind
         # bucket in "fast reuse" state for this uid; a dual-stack [::] bind
         # with SO_REUSEPORT then skips the conflict check against the service.
@@ -251,8 +251,8 @@ def _proc_owners(proto: str, address: str, port: int) -> list[_Owner]:
     if not ON_LINUX:
         return []
     try:
-        from ._holder import _overlaps
-        from ._procnet import read_sockets, socket_owners
+        from .._holder import _overlaps
+        from .._procnet import read_sockets, socket_owners
 
         rows = [
             row
@@ -469,7 +469,7 @@ def probe(host: str, port: int, *, udp: bool = False, users: list[str] | None = 
         "users": [i.label for i in identities],
         "attempts": [asdict(a) for a in attempts],
         "shareable": bool(findings),
-        # Found only by a two-step bind (prime, close, bind again): see DESIGN section 7.
+        # Found only by a two-step bind (prime, close, bind again): see docs/limits.md.
         "kernel_fast_path": any(a.primed_with is not None for a in findings),
         "findings": [_meaning(a, proto) for a in findings],
         "exit": 1 if findings else 0,

@@ -7,7 +7,7 @@ The separate process is forked on POSIX rather than started from the
 interpreter binary: after ``setuid(65534)`` a child could not even execute a
 Python that lives under ``/root`` (pyenv), and a fork needs nothing from the
 filesystem. It must be forked before the parent starts threads or an event
-loop. On Windows, which cannot fork, it is ``python -m aioexclusive._attack``.
+loop. On Windows, which cannot fork, it is ``python -m aioexclusive._cli.attack``.
 Parent and child speak JSON lines.
 """
 
@@ -23,7 +23,7 @@ import sys
 import time
 from typing import IO, Any
 
-from ._guard import exempt
+from .._guard import exempt
 
 __all__ = ["OPTION_SETS", "Agent", "attempt", "option_sets", "resolve_user"]
 
@@ -95,7 +95,7 @@ def attempt(
     once, made before the real one: on Linux a bind that passes with
     ``SO_REUSEPORT`` leaves the port's bind bucket in a "fast reuse" state for
     this uid, and a later bind of the same uid may skip the conflict check
-    (the two-step attack of DESIGN section 7). A failed prime ends the attempt
+    (the two-step attack, docs/limits.md). A failed prime ends the attempt
     (``stage="prime"``).
 
     Returns ``{"bound", "listened", "stage", "errno", "error"}``: *stage* is
@@ -234,7 +234,7 @@ class Agent:
             if uid is not None:
                 raise OSError("running as another user needs fork and setuid (POSIX)")
             self._proc = subprocess.Popen(
-                [sys.executable, "-m", "aioexclusive._attack"], stdin=subprocess.PIPE, stdout=subprocess.PIPE
+                [sys.executable, "-m", "aioexclusive._cli.attack"], stdin=subprocess.PIPE, stdout=subprocess.PIPE
             )
             assert self._proc.stdin is not None and self._proc.stdout is not None
             self._w, self._r = self._proc.stdin, self._proc.stdout
@@ -319,7 +319,7 @@ class Agent:
         self.close()
 
 
-if __name__ == "__main__":  # the Windows agent: python -m aioexclusive._attack
+if __name__ == "__main__":  # the Windows agent: python -m aioexclusive._cli.attack
     # A new interpreter: the guard may be on again here (the .pth reads the
     # inherited AIOEXCLUSIVE_GUARD); the agent's binds stay exempt.
     with exempt():

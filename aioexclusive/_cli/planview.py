@@ -8,8 +8,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from ._plan import PLATFORMS, RULES, Role, current_platform
-from ._term import Out
+from .._plan import PLATFORMS, RULES, Role, current_platform
+from .term import Out
 
 __all__ = ["plan_rows", "show_plan"]
 

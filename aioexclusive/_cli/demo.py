@@ -29,10 +29,10 @@ from dataclasses import dataclass, field
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from ._attack import NOBODY, Agent, option_sets, resolve_user
-from ._errors import ExclusivityError
-from ._guard import exempt
-from ._term import Out
+from .attack import NOBODY, Agent, option_sets, resolve_user
+from .._errors import ExclusivityError
+from .._guard import exempt
+from .term import Out
 
 __all__ = ["run_demo"]
 
@@ -200,7 +200,7 @@ async def _udp_service(agents: list[Agent], exclusive: bool, on_uvloop: bool) ->
 
 def _run_on(coro_factory: Any, base: str, exclusive: bool) -> Outcome:
     if exclusive:
-        from ._entry import run
+        from .._entry import run
 
         return run(coro_factory(), base=base)  # type: ignore[no-any-return]
     loop: asyncio.AbstractEventLoop

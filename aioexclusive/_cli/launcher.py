@@ -25,12 +25,12 @@ import subprocess
 import sys
 from collections.abc import Sequence
 
-from ._guard import ENV_ALLOW, ENV_VAR, MODES, _parse_allow
+from .._guard import ENV_ALLOW, ENV_VAR, MODES, _parse_allow
 
 __all__ = ["BOOTSTRAP_ROOT_VAR", "launch", "launch_environment"]
 
 BOOTSTRAP_ROOT_VAR = "AIOEXCLUSIVE_BOOTSTRAP_ROOT"
-_PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__))
+_PACKAGE_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 _BOOTSTRAP_DIR = os.path.join(_PACKAGE_DIR, "_bootstrap")
 
 
