@@ -60,6 +60,7 @@ from typing import Any
 from ._errors import ExclusivityError, ExclusivityWarning
 
 from ._wildcard import HOLDS_WILDCARDS, HeldListener, _bind_hold, is_wildcard
+from ._wildcard import in_bucket as _in_bucket
 
 __all__ = ["before_bind", "install", "on_listen", "on_release", "watching"]
 
@@ -323,28 +324,6 @@ def _demote(entry: _Port, port: int, family: int, spare: socket.socket) -> None:
         # took it out of the port's bind bucket (getsockname still names the
         # port); _rehold binds a fresh hold, or warns.
         spare.close()
-
-
-def _in_bucket(family: int, port: int) -> bool:
-    """Does something without ``SO_REUSEADDR`` (the demoted spare) still hold *family*'s wildcard on *port*?
-
-    A listener the kernel gave its port (bound to port 0) leaves the bind
-    bucket when it is shut down, though ``getsockname`` still names the
-    port; one bound to an explicit port stays. Measured, not documented: so
-    ask the kernel. The probe has ``SO_REUSEADDR`` to get past the closed
-    listener's connections, which share its ``SO_REUSEADDR``.
-    """
-    probe = socket.socket(family, socket.SOCK_STREAM)
-    try:
-        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        if family == _AF_INET6:
-            probe.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
-        probe.bind((_WILDCARD[family], port))
-    except OSError:
-        return True
-    finally:
-        probe.close()
-    return False
 
 
 def _rehold(port: int) -> None:

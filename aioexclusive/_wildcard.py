@@ -291,7 +291,7 @@ def _demote(sock: HeldListener) -> None:
         try:
             spare.shutdown(socket.SHUT_RDWR)
             spare.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 0)
-            still_bound = spare.getsockname()[1] == port
+            still_bound = in_bucket(needed[0], port)
         except OSError:
             still_bound = False
         if not still_bound:
@@ -300,6 +300,28 @@ def _demote(sock: HeldListener) -> None:
             return
         record.spare = None
         entry.holds[needed[0]] = spare
+
+
+def in_bucket(family: int, port: int) -> bool:
+    """Does a socket without ``SO_REUSEADDR`` (a demoted listener) still hold *family*'s wildcard on *port*?
+
+    A listener the kernel gave its port (bound to port 0) leaves the bind
+    bucket when it is shut down, though ``getsockname`` still names the port;
+    one bound to an explicit port stays (measured, not documented): so ask the
+    kernel. The probe has ``SO_REUSEADDR`` to get past the closed listener's
+    connections, which share its ``SO_REUSEADDR``, and never listens.
+    """
+    probe = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if family == socket.AF_INET6:
+            probe.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+        probe.bind((_WILDCARD[family], port))
+    except OSError:
+        return True
+    finally:
+        probe.close()
+    return False
 
 
 def _close_spare(record: _Listener | None) -> None:

@@ -552,3 +552,33 @@ def test_a_held_listener_can_be_handed_to_spawned_workers() -> None:
         queue.join_thread()
     finally:
         listener.close()
+
+
+@needs_ipv6
+def test_closing_a_port_zero_listener_of_two_still_holds_its_side(base: str) -> None:
+    """A listener bound to port 0 leaves the bind bucket on shutdown: its side must be held afresh."""
+
+    def free_v4(port: int) -> bool:
+        probe = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        try:
+            probe.bind(("0.0.0.0", port))
+            return True
+        except OSError:
+            return False
+        finally:
+            probe.close()
+
+    async def scenario() -> bool:
+        loop = asyncio.get_running_loop()
+        v4 = await loop.create_server(asyncio.Protocol, "0.0.0.0", 0)
+        port = v4.sockets[0].getsockname()[1]
+        v6 = await loop.create_server(asyncio.Protocol, "::", port)
+        v4.close()
+        await asyncio.sleep(0.05)
+        try:
+            return free_v4(port)
+        finally:
+            v6.close()
+            await v6.wait_closed()
+
+    assert run(scenario(), base) is False, "0.0.0.0 was free next to the remaining [::] listener"
