@@ -87,7 +87,11 @@ async def main():
     await loop.run_in_executor(None, sys.stdin.readline)
     for server in servers[:1] if KIND == "half" else servers:
         server.close()
-        await server.wait_closed()
+        if KIND == "half":
+            # From 3.12 on wait_closed() also waits for the connection the test keeps open.
+            await asyncio.sleep(0.05)
+        else:
+            await server.wait_closed()
     print("closed", flush=True)
     await loop.run_in_executor(None, sys.stdin.readline)
 
