@@ -511,6 +511,18 @@ def _open_bound_sockets_once(
     chosen = 0
     on_chosen: set[int] = set()  # families already listening on the chosen port
     sockets: list[socket.socket] = []
+    picker = (
+        _pick_port(infos, plan)
+        if same_port
+        and _wildcard.HOLDS_WILDCARDS
+        # Listeners can bind next to the picker only when both have SO_REUSEADDR
+        # (not with reuse_address=False), and only wildcards are ever demoted.
+        and ("SO_REUSEADDR", 1) in plan.set
+        and any(_wildcard.is_wildcard(info[0], info[4]) for info in infos)
+        else None
+    )
+    if picker is not None:
+        chosen = picker.getsockname()[1]
     try:
         for family, type_, proto, _, sockaddr in infos:
             if same_port and chosen and family not in on_chosen and _port_of(sockaddr) == 0:
@@ -553,6 +565,9 @@ def _open_bound_sockets_once(
                 chosen = sock.getsockname()[1]
             if same_port and sock.getsockname()[1] == chosen:
                 on_chosen.add(family)
+        if picker is not None:
+            picker.close()
+            picker = None
         if listening:
             try:
                 _wildcard.protect(sockets)
@@ -561,9 +576,40 @@ def _open_bound_sockets_once(
                 raise _other_family_in_use(exc, plan.role, port) from exc
         return sockets
     except BaseException:
+        if picker is not None:
+            picker.close()
         for sock in sockets:
             sock.close()
         raise
+
+
+def _pick_port(infos: list[AddrInfo], plan: BindPlan) -> socket.socket | None:
+    """A socket bound to port 0 at the first address, so that every listener binds an explicit port.
+
+    On Linux a listener the kernel gave its port (bound to port 0) leaves the
+    port when it is shut down, while one bound to an explicit port keeps it
+    until closed; the wildcard holds rely on the latter (``_wildcard._demote``).
+    So the port is picked by this socket, which has the listeners' own options
+    (``SO_REUSEADDR``: they can bind next to it, it never listens) and is
+    closed once they listen.
+    """
+    for family, type_, proto, _, sockaddr in infos:
+        if _port_of(sockaddr) != 0:
+            continue
+        try:
+            picker = socket.socket(family, type_, proto)
+        except OSError:
+            return None
+        try:
+            apply_plan(picker, plan, address=sockaddr)
+            if family == socket.AF_INET6:
+                picker.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            picker.bind(sockaddr)
+        except OSError:
+            picker.close()
+            return None  # the listeners' own binds report what is wrong
+        return picker
+    return None
 
 
 def _promote(

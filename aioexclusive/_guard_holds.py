@@ -503,16 +503,18 @@ def _caller() -> FrameType:
 _forks = 0
 
 
-def _before_fork() -> None:
-    global _forks  # noqa: PLW0603 - a counter
-    _forks += 1
-
-
 def after_fork_in_child() -> None:
-    """A new lock for the child: a fork while another thread held it must not deadlock the child."""
-    global _lock  # noqa: PLW0603 - replaced, not mutated: the parent's lock state is meaningless here
+    """In the child only: count the fork, and take a new lock.
+
+    Only the child's view changes: in the parent the listeners are still its
+    own, so closing one there must still demote it or hold its side again.
+    (Counting in the parent too left the parent's port unheld after any fork.)
+    A new lock: a fork while another thread held it must not deadlock the child.
+    """
+    global _forks, _lock  # noqa: PLW0603 - a counter, and a lock replaced, not mutated
+    _forks += 1
     _lock = threading.RLock()
 
 
 if hasattr(os, "register_at_fork"):
-    os.register_at_fork(before=_before_fork, after_in_child=after_fork_in_child)
+    os.register_at_fork(after_in_child=after_fork_in_child)

@@ -9,6 +9,7 @@ on), the mixin avoids or undoes that, as commented at each place.
 
 from __future__ import annotations
 
+import _socket
 import asyncio
 import functools
 import socket
@@ -744,8 +745,10 @@ def _close_built(sock: socket.socket, building: asyncio.Future[Any]) -> None:
 
 
 def _is_bound(sock: Any) -> bool:
+    # Asked of the kernel through the C method: a socket subclass may override
+    # getsockname() and say "unbound" about a bound socket.
     try:
-        address = sock.getsockname()
+        address = _socket.socket.getsockname(sock) if isinstance(sock, _socket.socket) else sock.getsockname()
     except OSError:
         return False
     return isinstance(address, tuple) and len(address) >= 2 and bool(address[1])

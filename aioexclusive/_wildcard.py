@@ -78,11 +78,19 @@ class _Listener:
 class _Port:
     """What this process holds on one TCP port: wildcard listeners and holds."""
 
-    __slots__ = ("holds", "listeners")
+    __slots__ = ("holds", "listeners", "pid")
 
     def __init__(self) -> None:
         self.listeners: dict[int, _Listener] = {}  # keyed by id(listener)
         self.holds: dict[int, socket.socket] = {}
+        # A forked child inherits this registry with descriptors of the same
+        # kernel sockets: there it only forgets, it never shuts a listener
+        # down (that would stop the parent's) nor binds holds for the parent.
+        self.pid = os.getpid()
+
+    @property
+    def inherited(self) -> bool:
+        return self.pid != os.getpid()
 
     def covered(self, *, without: int | None = None) -> set[int]:
         families: set[int] = set()
@@ -226,7 +234,11 @@ def protect(listeners: list[socket.socket]) -> None:
         new_holds: list[tuple[int, int]] = []
         try:
             for port, socks in by_port.items():
-                entry = _ports.setdefault(port, _Port())
+                entry = _ports.get(port)
+                if entry is None or entry.inherited:
+                    # A child's own listeners start a registry of its own; the
+                    # inherited descriptors it drops are the child's copies.
+                    entry = _ports[port] = _Port()
                 for sock in socks:
                     assert isinstance(sock, HeldListener)
                     spare = HeldListener(sock.family, sock.type, sock.proto, os.dup(sock.fileno()))
@@ -281,7 +293,7 @@ def _demote(sock: HeldListener) -> None:
     with _lock:
         entry = _ports.get(port)
         record = entry.listeners.get(id(sock)) if entry is not None else None
-        if entry is None or record is None or record.spare is None or len(entry.listeners) < 2:
+        if entry is None or entry.inherited or record is None or record.spare is None or len(entry.listeners) < 2:
             return
         others = entry.covered(without=id(sock))
         needed = [f for f in record.covers if f not in others and f not in entry.holds]
@@ -354,6 +366,11 @@ def _drop_if_empty(port: int) -> None:
 
 def _after_release(port: int) -> None:
     entry = _ports[port]
+    if entry.inherited:
+        # The parent still serves: nothing to hold for it here. Closing the
+        # child's copies of the holds releases nothing in the parent.
+        _drop_if_empty(port)
+        return
     if not entry.listeners:
         _drop_if_empty(port)
         return

@@ -582,3 +582,30 @@ def test_closing_a_port_zero_listener_of_two_still_holds_its_side(base: str) -> 
             await v6.wait_closed()
 
     assert run(scenario(), base) is False, "0.0.0.0 was free next to the remaining [::] listener"
+
+
+@needs_ipv6
+def test_a_forked_worker_closing_its_copies_leaves_the_parents_listeners_alone() -> None:
+    """A worker that closes the listeners it inherited must not shut the parent's down (shared kernel sockets)."""
+    v4 = aioexclusive.bind_socket(("0.0.0.0", 0))
+    port = v4.getsockname()[1]
+    v6 = aioexclusive.bind_socket(("::", port), family=socket.AF_INET6)
+    try:
+        pid = os.fork()
+        if pid == 0:  # pragma: no cover - the worker
+            code = 0
+            try:
+                v4.close()  # the first of two: in the parent this would demote it into the hold
+                v6.close()
+            except BaseException:
+                code = 1
+            os._exit(code)
+        _, status = os.waitpid(pid, 0)
+        assert os.waitstatus_to_exitcode(status) == 0
+        assert v4.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN) == 1, "the parent's IPv4 listener was shut down"
+        assert v6.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN) == 1
+        with socket.create_connection(("127.0.0.1", port), timeout=5):
+            pass
+    finally:
+        v6.close()
+        v4.close()
