@@ -398,10 +398,14 @@ def test_audit_reads_the_kernel_not_the_object(same_user_attacker: Attacker, bas
 
         async def scenario() -> None:
             loop = asyncio.get_running_loop()
+            # Closed again at once if it was (wrongly) accepted, so a regression fails instead of hanging.
             if proto == "tcp":
-                await loop.create_server(asyncio.Protocol, sock=liar)
+                server = await loop.create_server(asyncio.Protocol, sock=liar)
+                server.close()
             else:
-                await loop.create_datagram_endpoint(asyncio.DatagramProtocol, sock=liar)
+                transport, _ = await loop.create_datagram_endpoint(asyncio.DatagramProtocol, sock=liar)
+                transport.close()
+            await asyncio.sleep(0)
 
         with pytest.raises(aioexclusive.ExclusivityError):
             run(scenario(), base)
