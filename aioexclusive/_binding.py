@@ -19,6 +19,7 @@ from collections.abc import Iterable, Sequence
 from typing import Any, Union
 
 from ._errors import AddressInUseError, ExclusivityError, ExclusivityWarning, InvalidPortError, is_address_in_use
+from . import _wildcard
 from ._plan import SHARING_OPTIONS, SO_EXCLUSIVEADDRUSE, BindPlan, Role, audit_socket_options, make_plan
 
 __all__ = [
@@ -470,6 +471,10 @@ def open_bound_sockets(
     tried again.
     """
     infos = list(infos)
+    if len(infos) == 1 and not _needs_hold(infos[0], backlog):
+        # One address that no hold concerns (the common create_server("127.0.0.1", port)):
+        # nothing to share a port with, nothing to hold; keep it as cheap as the base loop.
+        return _open_one(infos[0], plan, backlog, keep_alive, dualstack_ipv6, strict, skip_unavailable)
     port_zero = backlog is not None and any(_port_of(info[4]) == 0 for info in infos)
     attempts = _SAME_PORT_ATTEMPTS if port_zero else 1
     for attempt in range(1, attempts + 1):
@@ -482,6 +487,46 @@ def open_bound_sockets(
             if attempt == attempts or not is_address_in_use(exc):
                 raise
     raise AssertionError("unreachable")  # pragma: no cover
+
+
+def _needs_hold(info: AddrInfo, backlog: int | None) -> bool:
+    """Is *info* a wildcard TCP listener, whose other family `_wildcard` holds (Linux)?"""
+    return (
+        backlog is not None
+        and _wildcard.HOLDS_WILDCARDS
+        and info[1] == socket.SOCK_STREAM
+        and _wildcard.is_wildcard(info[0], info[4])
+    )
+
+
+def _open_one(
+    info: AddrInfo,
+    plan: BindPlan,
+    backlog: int | None,
+    keep_alive: bool,
+    dualstack_ipv6: bool,
+    strict: bool,
+    skip_unavailable: bool,
+) -> list[socket.socket]:
+    family, type_, proto, _, sockaddr = info
+    try:
+        sock = socket.socket(family, type_, proto)
+    except OSError:
+        return []  # as asyncio: a family the host cannot make is skipped
+    try:
+        configure_socket(sock, plan, strict=strict, address=sockaddr, listener_v6only=not dualstack_ipv6)
+        if keep_alive:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+        bind_now(sock, sockaddr, plan.role, backlog=backlog)
+    except OSError as exc:
+        sock.close()
+        if skip_unavailable and exc.errno == errno.EADDRNOTAVAIL:
+            return []
+        raise
+    except BaseException:
+        sock.close()
+        raise
+    return [sock]
 
 
 def _port_of(sockaddr: Any) -> int | None:
@@ -505,37 +550,29 @@ def _open_bound_sockets_once(
     skip_unavailable: bool,
     same_port: bool,
 ) -> list[socket.socket]:
-    from . import _wildcard
-
     listening = backlog is not None
+    holds = listening and _wildcard.HOLDS_WILDCARDS
     chosen = 0
     on_chosen: set[int] = set()  # families already listening on the chosen port
     sockets: list[socket.socket] = []
+    # Which addresses are wildcard TCP listeners, decided once: only they are held.
+    wildcards = [holds and info[1] == socket.SOCK_STREAM and _wildcard.is_wildcard(info[0], info[4]) for info in infos]
     picker = (
         _pick_port(infos, plan)
-        if same_port
-        and _wildcard.HOLDS_WILDCARDS
         # Listeners can bind next to the picker only when both have SO_REUSEADDR
         # (not with reuse_address=False), and only wildcards are ever demoted.
-        and ("SO_REUSEADDR", 1) in plan.set
-        and any(_wildcard.is_wildcard(info[0], info[4]) for info in infos)
+        if same_port and True in wildcards and ("SO_REUSEADDR", 1) in plan.set
         else None
     )
     if picker is not None:
         chosen = picker.getsockname()[1]
     try:
-        for family, type_, proto, _, sockaddr in infos:
+        for (family, type_, proto, _, sockaddr), wildcard in zip(infos, wildcards):
             if same_port and chosen and family not in on_chosen and _port_of(sockaddr) == 0:
                 # Each family on the port the kernel picked for the first
                 # (asyncio gives each its own); two addresses of one family
                 # would conflict on one port, so a second one gets its own.
                 sockaddr = _with_port(sockaddr, chosen)
-            wildcard = (
-                listening
-                and _wildcard.HOLDS_WILDCARDS
-                and type_ == socket.SOCK_STREAM
-                and _wildcard.is_wildcard(family, sockaddr)
-            )
             hold = _wildcard.take_hold(family, sockaddr[1]) if wildcard else None
             if hold is not None:
                 # We already hold this wildcard for another of our listeners:
@@ -561,14 +598,16 @@ def _open_bound_sockets_once(
                 sockets.pop()
                 sock.close()
                 continue
-            if same_port and not chosen:
-                chosen = sock.getsockname()[1]
-            if same_port and sock.getsockname()[1] == chosen:
-                on_chosen.add(family)
+            if same_port:
+                bound_port = sock.getsockname()[1]
+                if not chosen:
+                    chosen = bound_port
+                if bound_port == chosen:
+                    on_chosen.add(family)
         if picker is not None:
             picker.close()
             picker = None
-        if listening:
+        if True in wildcards:
             try:
                 _wildcard.protect(sockets)
             except OSError as exc:
@@ -621,8 +660,6 @@ def _promote(
     sockaddr: Any,
     strict: bool,
 ) -> socket.socket:
-    from . import _wildcard
-
     port = sockaddr[1]
     if dualstack_ipv6 and hold.family == socket.AF_INET6:
         # IPV6_V6ONLY cannot change once bound; a dual-stack [::] conflicts with

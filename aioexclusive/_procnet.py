@@ -204,7 +204,13 @@ def read_sockets(
             error = exc
             continue
         read_any = True
+        seen: set[int] = set()
         for sock in parse_table(text, proto, family):
+            # The kernel prints a table in chunks, and a socket added or removed
+            # between two chunks can make another appear twice: once per inode.
+            if sock.inode in seen and sock.inode:
+                continue
+            seen.add(sock.inode)
             if ports is None or sock.port in ports:
                 found.append(sock)
     if not read_any and error is not None:

@@ -213,8 +213,8 @@ def protect(listeners: list[socket.socket]) -> None:
     over, so the caller closes everything and reports the port as in use. On
     failure nothing is registered or held for *listeners*.
     """
-    if not HOLDS_WILDCARDS:
-        return
+    if not HOLDS_WILDCARDS or not any(isinstance(sock, HeldListener) for sock in listeners):
+        return  # no wildcard listener: nothing to hold (the common case, kept cheap)
     by_port: dict[int, list[socket.socket]] = {}
     # Families that a listener of this same call on a *specific* address
     # covers: the other family's wildcard prime conflicts with it as with a
