@@ -164,7 +164,9 @@ def _two_step(attacker: Attacker, family: int, port: int, *, prime_reuseaddr: bo
 
 
 def _free_port() -> int:
-    # A port free on both families at once.
+    # A port free on both families at once, TIME_WAIT included (a dual-stack bind without SO_REUSEADDR
+    # conflicts with either). A port the kernel picks for a v6-only listener may still have IPv4
+    # TIME_WAIT connections from earlier tests, where no hold can be bound (docs/limits.md).
     while True:
         with socket.socket(socket.AF_INET6, socket.SOCK_STREAM) as probe:
             probe.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
@@ -200,7 +202,7 @@ def _bindable(family: int, port: int) -> bool:
 def test_two_step_fails_against_a_guarded_plain_listener(
     other_user_attacker: Attacker, victims: list[Victim], mode: str, kind: str, family: int
 ) -> None:
-    victim = _victim(victims, kind, mode)
+    victim = _victim(victims, kind, mode, _free_port())  # free on both families: see _free_port
     assert victim.port, f"the victim did not start: {victim.first}"
     result, prime, stolen = _two_step(other_user_attacker, family, victim.port)
     assert prime == "EADDRINUSE", "the other family's wildcard must be held, so the prime fails"
@@ -215,7 +217,7 @@ def test_control_two_step_takes_over_without_the_guard(
     other_user_attacker: Attacker, victims: list[Victim], kind: str, family: int
 ) -> None:
     """The same attack and victims with no guard: the attacker must get in, or the test above proves nothing."""
-    victim = _victim(victims, kind, None)
+    victim = _victim(victims, kind, None, _free_port())  # free on both families: see _free_port
     result, prime, stolen = _two_step(other_user_attacker, family, victim.port)
     assert prime == "bound"
     assert result.ok, f"control: the two-step attacker should co-bind a plain {kind} listener: {result}"
@@ -224,7 +226,7 @@ def test_control_two_step_takes_over_without_the_guard(
 
 
 def test_warn_mode_holds_nothing_and_says_so(other_user_attacker: Attacker, victims: list[Victim]) -> None:
-    victim = _victim(victims, "asyncio4", "warn")
+    victim = _victim(victims, "asyncio4", "warn", _free_port())  # free on both families: see _free_port
     result, prime, _ = _two_step(other_user_attacker, V4, victim.port)
     err = victim.finish()
     assert prime == "bound" and result.ok, "warn changes nothing: the attack works as without the guard"
