@@ -9,6 +9,8 @@ from __future__ import annotations
 import asyncio
 import os
 import sys
+from collections.abc import Coroutine
+from typing import Any, TypeVar
 
 import pytest
 
@@ -48,16 +50,19 @@ def ipv6_available() -> bool:
 HAVE_IPV6 = ipv6_available()
 needs_ipv6 = pytest.mark.skipif(not HAVE_IPV6, reason="IPv6 loopback (::1) is not available here")
 
+T = TypeVar("T")
 
-def run(coro, base: str = "asyncio", **options):  # type: ignore[no-untyped-def]
+
+def run(coro: Coroutine[Any, Any, T], base: str = "asyncio", **options: Any) -> T:
     """Run *coro* on a fresh exclusive loop of *base*."""
     import aioexclusive
 
     return aioexclusive.run(coro, base=base, **options)
 
 
-def run_plain(coro, base: str = "asyncio"):  # type: ignore[no-untyped-def]
+def run_plain(coro: Coroutine[Any, Any, T], base: str = "asyncio") -> T:
     """Run *coro* on a plain (non-exclusive) loop of *base*, for control cases."""
+    loop: asyncio.AbstractEventLoop
     if base == "uvloop":
         import uvloop
 

@@ -13,13 +13,18 @@ import os
 import socket
 import sys
 import warnings
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any
 
 import pytest
-from attacker import Attacker, send_traffic
+from attacker import Attacker, BindResult, send_traffic
 from harness import HAVE_UVLOOP, needs_ipv6, run, run_plain
-from services import LOOPBACK, WILDCARD, open_service
+from services import LOOPBACK, WILDCARD, Service, open_service
 
 import aioexclusive
+
+if TYPE_CHECKING:
+    import multiprocessing.queues
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="Linux kernel behaviour")
 
@@ -33,7 +38,7 @@ TRAFFIC = 20
 # The prime also sets SO_REUSEADDR: it then gets past TIME_WAIT connections that earlier tests left on
 # the other family's side of a reused port number (the control stays deterministic), and it is the
 # stronger attack against the hold, which must refuse it all the same.
-TWO_STEP = {
+TWO_STEP: dict[int, dict[str, Any]] = {
     6: dict(prime_family=4, prime_host="0.0.0.0", prime_v6only=False, family=6, host="::", prime_reuseaddr=True),
     4: dict(prime_family=6, prime_host="::", prime_v6only=True, family=6, host="::", prime_reuseaddr=True),
 }
@@ -51,8 +56,10 @@ def _send_from_cpu_0(family: int, port: int) -> None:
         os.sched_setaffinity(0, affinity)
 
 
-def _two_step(attacker: Attacker, family: int, open_listener, plain: bool, base: str):  # type: ignore[no-untyped-def]
-    async def scenario() -> tuple[object, str, int, int]:
+def _two_step(
+    attacker: Attacker, family: int, open_listener: Callable[[], Awaitable[Service]], plain: bool, base: str
+) -> tuple[BindResult, str, int, int]:
+    async def scenario() -> tuple[BindResult, str, int, int]:
         service = await open_listener()
         try:
             result, prime = attacker.two_step(service.port, **TWO_STEP[family])
@@ -80,7 +87,7 @@ def test_two_step_takeover_of_a_wildcard_listener_fails(other_user_attacker: Att
 @needs_ipv6
 @pytest.mark.parametrize("family", [4, 6])
 def test_two_step_takeover_of_bind_socket_fails(other_user_attacker: Attacker, family: int) -> None:
-    async def listener():  # type: ignore[no-untyped-def]
+    async def listener() -> Service:
         from services import adopt_service
 
         sock = aioexclusive.bind_socket((WILDCARD[family], 0), family=socket.AF_INET6 if family == 6 else 0)
@@ -98,7 +105,7 @@ def test_two_step_fails_when_the_same_call_listens_on_a_specific_other_family_ad
 ) -> None:
     """["127.0.0.1", "::"]: no hold on 0.0.0.0 (it would collide with our own 127.0.0.1), yet no prime lands."""
 
-    async def listener():  # type: ignore[no-untyped-def]
+    async def listener() -> Service:
         from services import Counter, Service, _TCPCounting
 
         counter = Counter()
@@ -196,7 +203,7 @@ def test_closing_one_of_two_servers_never_frees_its_side(
     closing listener itself must become the hold.
     """
 
-    async def scenario() -> tuple[object, str, int, int]:
+    async def scenario() -> tuple[BindResult, str, int, int]:
         loop = asyncio.get_running_loop()
         v4 = await open_service("tcp", "0.0.0.0")
         port = v4.port
@@ -274,7 +281,9 @@ def _co_bound(port: int) -> bool:
     return len(inodes) > 1
 
 
-async def _race(attacker: Attacker, port: int, open_endpoint) -> dict[str, int]:  # type: ignore[no-untyped-def]
+async def _race(
+    attacker: Attacker, port: int, open_endpoint: Callable[[], Awaitable[asyncio.BaseTransport]]
+) -> dict[str, int]:
     """Open and close endpoints on *port* while *attacker* loops on bind(SO_REUSEADDR)."""
     loop = asyncio.get_running_loop()
     attacker.start_race("udp", 4, "127.0.0.1", port, ("SO_REUSEADDR",), RACE_SECONDS, hold=0.0, pause=RACE_PAUSE)
@@ -315,7 +324,7 @@ def test_uvloop_udp_endpoint_never_shareable_under_a_racing_attacker(
         loop = asyncio.get_running_loop()
         remote = ("127.0.0.1", 9) if connected else None
 
-        async def open_endpoint():  # type: ignore[no-untyped-def]
+        async def open_endpoint() -> asyncio.DatagramTransport:
             transport, _ = await loop.create_datagram_endpoint(
                 asyncio.DatagramProtocol, local_addr=("127.0.0.1", port), remote_addr=remote
             )
@@ -336,7 +345,7 @@ def test_control_racing_attacker_lands_in_the_uv_udp_open_window(other_user_atta
     async def scenario() -> dict[str, int]:
         loop = asyncio.get_running_loop()
 
-        async def open_endpoint():  # type: ignore[no-untyped-def]
+        async def open_endpoint() -> asyncio.DatagramTransport:
             sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
             try:
                 sock.bind(("127.0.0.1", port))
@@ -428,11 +437,11 @@ def _bound_not_listening(port: int = 0) -> socket.socket:
     return sock
 
 
-def _listen_first_attack(attacker: Attacker, plain: bool, base: str) -> tuple[object, int, int]:
+def _listen_first_attack(attacker: Attacker, plain: bool, base: str) -> tuple[BindResult, int, int]:
     """Adopt a bound, not listening socket with start_serving=False; another user tries to listen first."""
     from services import Counter, _TCPCounting
 
-    async def scenario() -> tuple[object, int, int]:
+    async def scenario() -> tuple[BindResult, int, int]:
         sock = _bound_not_listening()
         port = sock.getsockname()[1]
         counter = Counter()
@@ -472,10 +481,10 @@ def test_control_bound_not_listening_sock_is_taken_on_the_plain_loop(other_user_
 # -- 6. uvloop: a client's fixed local port is bound by the plan, not by libuv -------------------
 
 
-def _fixed_port_client_attack(attacker: Attacker, plain: bool) -> tuple[object, int]:
+def _fixed_port_client_attack(attacker: Attacker, plain: bool) -> tuple[BindResult, int]:
     port = _free_udp_port()  # any free number; TCP is checked by the bind itself
 
-    async def scenario() -> tuple[object, int]:
+    async def scenario() -> tuple[BindResult, int]:
         loop = asyncio.get_running_loop()
         server = await loop.create_server(asyncio.Protocol, "127.0.0.1", 0)
         target = server.sockets[0].getsockname()[1]
@@ -535,7 +544,7 @@ def test_unix_server_sock_that_is_really_tcp_is_audited(same_user_attacker: Atta
         real.close()
 
 
-def _report_listener(sock: socket.socket, queue) -> None:  # type: ignore[no-untyped-def]
+def _report_listener(sock: socket.socket, queue: multiprocessing.queues.Queue[int]) -> None:
     queue.put(sock.getsockname()[1])
     sock.close()
 

@@ -8,6 +8,7 @@ import os
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import pytest
 
@@ -42,7 +43,7 @@ hooks._HOOKS["fakelib_ix"] = patch
 """
 
 
-def test_patches_right_after_import_and_restores_the_real_loader(tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_patches_right_after_import_and_restores_the_real_loader(tmp_path: Path) -> None:
     (tmp_path / "fakelib_ix.py").write_text(FAKE)
     result = run(
         PRELUDE
@@ -63,14 +64,14 @@ print(fakelib_ix.server(), len(calls))
     assert lines[2] == "patched original 2"  # a reload executes the module afresh: patched again
 
 
-def test_a_module_imported_before_activation_is_patched_at_once(tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_a_module_imported_before_activation_is_patched_at_once(tmp_path: Path) -> None:
     (tmp_path / "fakelib_ix.py").write_text(FAKE)
     result = run(PRELUDE + "import fakelib_ix\nhooks.activate()\nhooks.activate()\nprint(fakelib_ix.server(), calls)\n", tmp_path)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "patched original ['fakelib_ix']"  # once, however often activate() runs
 
 
-def test_a_failing_patch_never_breaks_the_import(tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_a_failing_patch_never_breaks_the_import(tmp_path: Path) -> None:
     (tmp_path / "fakelib_ix.py").write_text(FAKE)
     code = """
 import aioexclusive._import_hooks as hooks
@@ -87,7 +88,7 @@ print(fakelib_ix.server())
     assert "fakelib_ix" in result.stderr and "NOT covered" in result.stderr
 
 
-def test_other_imports_are_untouched(tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_other_imports_are_untouched(tmp_path: Path) -> None:
     result = run(
         """
 import sys, aioexclusive._import_hooks as hooks
@@ -102,7 +103,7 @@ print(type(finder).__name__, finder.find_spec("json", None), finder.find_spec("n
 
 
 @pytest.mark.parametrize(("mode", "active"), [("warn", True), ("enforce", True), ("off", False), (None, False)])
-def test_the_environment_variable_turns_the_hooks_on(tmp_path, mode: str | None, active: bool) -> None:  # type: ignore[no-untyped-def]
+def test_the_environment_variable_turns_the_hooks_on(tmp_path: Path, mode: str | None, active: bool) -> None:
     result = run(
         "import sys, aioexclusive._import_hooks as h\nprint(any(type(f).__name__ == '_PatchingFinder' for f in sys.meta_path))\n",
         tmp_path,
@@ -115,7 +116,7 @@ def test_the_environment_variable_turns_the_hooks_on(tmp_path, mode: str | None,
     assert result.stdout.strip() == str(active)
 
 
-def test_uvloop_patch_passes_through_when_the_guard_is_off(tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_uvloop_patch_passes_through_when_the_guard_is_off(tmp_path: Path) -> None:
     pytest.importorskip("uvloop")
     result = run(
         """

@@ -8,8 +8,10 @@ import signal
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import pytest
+from attacker import Attacker
 
 from aioexclusive._cli.launcher import launch_environment
 
@@ -42,7 +44,7 @@ def env_without_guard() -> dict[str, str]:
 
 
 def launcher(*args: str, env: dict[str, str] | None = None, **kwargs: object) -> subprocess.Popen[str]:
-    return subprocess.Popen(
+    proc: subprocess.Popen[str] = subprocess.Popen(
         [PY, "-m", "aioexclusive", "run", *args],
         env=env or env_without_guard(),
         stdout=subprocess.PIPE,
@@ -50,6 +52,7 @@ def launcher(*args: str, env: dict[str, str] | None = None, **kwargs: object) ->
         text=True,
         **kwargs,  # type: ignore[call-overload]
     )
+    return proc
 
 
 def free_port() -> int:
@@ -75,7 +78,7 @@ def test_exit_status_is_the_programs() -> None:
 
 
 @posix_only
-def test_the_program_is_this_process_and_gets_the_signals(same_user_attacker) -> None:  # type: ignore[no-untyped-def]
+def test_the_program_is_this_process_and_gets_the_signals(same_user_attacker: Attacker) -> None:
     proc = launcher("--mode", "enforce", "--", PY, "-c", SERVICE, str(free_port()))
     try:
         assert proc.stdout is not None
@@ -98,7 +101,7 @@ def test_the_program_is_this_process_and_gets_the_signals(same_user_attacker) ->
 
 
 @posix_only
-def test_control_the_same_program_unlaunched_is_joined(same_user_attacker) -> None:  # type: ignore[no-untyped-def]
+def test_control_the_same_program_unlaunched_is_joined(same_user_attacker: Attacker) -> None:
     proc = subprocess.Popen([PY, "-c", SERVICE, str(free_port())], env=env_without_guard(), stdout=subprocess.PIPE, text=True)
     try:
         assert proc.stdout is not None
@@ -135,7 +138,7 @@ def _python_without_aioexclusive() -> str | None:
 
 
 @posix_only
-def test_an_interpreter_without_aioexclusive_installed_is_guarded_too(tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_an_interpreter_without_aioexclusive_installed_is_guarded_too(tmp_path: Path) -> None:
     other = _python_without_aioexclusive()
     if other is None:
         pytest.skip("no Python here without aioexclusive installed")

@@ -14,6 +14,7 @@ import sys
 from collections.abc import Iterator
 
 import pytest
+from attacker import Attacker
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="aiocoap's udp6 transport and the attacker: Linux")
 pytest.importorskip("aiocoap")
@@ -60,7 +61,7 @@ def free_udp_and_tcp_port() -> int:
 
 
 @pytest.mark.parametrize("mode", ["raise", "enforce"])
-def test_guard_serves_aiocoap_exclusively(guard_env: pytest.MonkeyPatch, same_user_attacker, other_user_attacker, mode: str) -> None:  # type: ignore[no-untyped-def]
+def test_guard_serves_aiocoap_exclusively(guard_env: pytest.MonkeyPatch, same_user_attacker: Attacker, other_user_attacker: Attacker, mode: str) -> None:
     guard_env.setenv("AIOEXCLUSIVE_GUARD", mode)
     port = free_udp_and_tcp_port()
     with ServerProcess([PY, SERVER, str(port)], cwd=HERE) as server:
@@ -81,7 +82,7 @@ def test_an_explicit_aiocoap_setting_is_the_users(guard_env: pytest.MonkeyPatch)
     assert "ExclusivityError" in server.output and "READY" not in server.output, server.output
 
 
-def test_control_unguarded_aiocoap_is_joined(guard_env: pytest.MonkeyPatch, same_user_attacker) -> None:  # type: ignore[no-untyped-def]
+def test_control_unguarded_aiocoap_is_joined(guard_env: pytest.MonkeyPatch, same_user_attacker: Attacker) -> None:
     port = free_udp_and_tcp_port()
     with ServerProcess([PY, SERVER, str(port)], cwd=HERE) as server:
         server.wait_for("READY")

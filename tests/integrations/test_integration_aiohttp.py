@@ -8,6 +8,7 @@ import socket
 import sys
 
 import pytest
+from attacker import Attacker
 
 pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="POSIX servers signalled with SIGINT; forked attacker")
 web = pytest.importorskip("aiohttp.web")
@@ -27,7 +28,7 @@ from ix_support import (  # noqa: E402
 )
 
 
-def test_app_runner_example(same_user_attacker) -> None:  # type: ignore[no-untyped-def]
+def test_app_runner_example(same_user_attacker: Attacker) -> None:
     with ServerProcess([PY, "aiohttp_app.py", "--port", "0"]) as server:
         port = int(server.wait_for(r"serving on http://127\.0\.0\.1:(\d+)").group(1))
         status, body = http_get("127.0.0.1", port)
@@ -37,7 +38,7 @@ def test_app_runner_example(same_user_attacker) -> None:  # type: ignore[no-unty
         assert http_get("127.0.0.1", port)[0] == 200
 
 
-def test_run_app_with_exclusive_loop(same_user_attacker) -> None:  # type: ignore[no-untyped-def]
+def test_run_app_with_exclusive_loop(same_user_attacker: Attacker) -> None:
     port = free_port()
     with ServerProcess([PY, "aiohttp_app.py", "--run-app", "--port", str(port)]) as server:
         server.wait_for(r"Running on http://127\.0\.0\.1:")
@@ -89,7 +90,7 @@ def test_contrib_run_app_rejects_a_plain_loop() -> None:
         made.close()
 
 
-def test_contrib_run_app_refuses_a_live_unix_path(sock_path: str, no_fd_leak) -> None:  # type: ignore[no-untyped-def]
+def test_contrib_run_app_refuses_a_live_unix_path(sock_path: str, no_fd_leak: None) -> None:
     from aioexclusive.contrib.aiohttp import run_app
 
     with socket.socket(socket.AF_UNIX) as live:
@@ -119,7 +120,7 @@ def test_contrib_run_app_serves_a_unix_path(sock_path: str) -> None:
     assert server.proc.returncode == 0, server.output
 
 
-def test_contrib_run_app_failed_start_removes_its_own_earlier_path(sock_path: str, no_fd_leak) -> None:  # type: ignore[no-untyped-def]
+def test_contrib_run_app_failed_start_removes_its_own_earlier_path(sock_path: str, no_fd_leak: None) -> None:
     """run_app(path=[a, b]) with a live server (another process) at b: b is refused, and a must not stay behind."""
     from aioexclusive.contrib.aiohttp import run_app
 

@@ -7,6 +7,7 @@ import socket
 import sys
 
 import pytest
+from attacker import Attacker
 
 pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="POSIX servers signalled with SIGINT; forked attacker")
 anyio = pytest.importorskip("anyio")
@@ -28,7 +29,7 @@ from ix_support import (  # noqa: E402
 OPTIONS = {"loop_factory": aioexclusive.new_event_loop}
 
 
-def test_example_serves_tcp_and_udp_exclusively(same_user_attacker) -> None:  # type: ignore[no-untyped-def]
+def test_example_serves_tcp_and_udp_exclusively(same_user_attacker: Attacker) -> None:
     with ServerProcess([PY, "anyio_app.py", "--port", "0"]) as server:
         match = server.wait_for(r"serving tcp port (\d+) udp port (\d+)")
         tcp_port, udp_port = int(match.group(1)), int(match.group(2))
@@ -43,7 +44,7 @@ def test_example_serves_tcp_and_udp_exclusively(same_user_attacker) -> None:  # 
         assert_attacker_cannot_bind_udp(same_user_attacker, "127.0.0.1", udp_port)
 
 
-def test_udp_goes_through_the_loop(same_user_attacker) -> None:  # type: ignore[no-untyped-def]
+def test_udp_goes_through_the_loop(same_user_attacker: Attacker) -> None:
     async def main() -> None:
         with pytest.raises(ExclusivityError, match="reuse_port"):
             await anyio.create_udp_socket(family=socket.AF_INET, local_host="127.0.0.1", reuse_port=True)
@@ -57,7 +58,7 @@ def test_udp_goes_through_the_loop(same_user_attacker) -> None:  # type: ignore[
     anyio.run(main, backend="asyncio", backend_options=OPTIONS)
 
 
-def test_tcp_listener_binds_itself_so_reuse_port_is_not_refused(same_user_attacker) -> None:  # type: ignore[no-untyped-def]
+def test_tcp_listener_binds_itself_so_reuse_port_is_not_refused(same_user_attacker: Attacker) -> None:
     # The documented boundary: create_tcp_listener never asks the loop, so its
     # reuse_port=True is honoured even on an exclusive loop.
     async def main() -> int:
@@ -72,7 +73,7 @@ def test_tcp_listener_binds_itself_so_reuse_port_is_not_refused(same_user_attack
 @pytest.mark.skipif(
     not hasattr(anyio.abc.SocketListener, "from_socket"), reason="this anyio has no SocketListener.from_socket"
 )
-def test_tcp_listener_from_bind_socket(same_user_attacker) -> None:  # type: ignore[no-untyped-def]
+def test_tcp_listener_from_bind_socket(same_user_attacker: Attacker) -> None:
     async def main() -> None:
         listener = await anyio.abc.SocketListener.from_socket(aioexclusive.bind_socket(("127.0.0.1", 0)))
         async with listener:

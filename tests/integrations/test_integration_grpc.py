@@ -15,6 +15,7 @@ import sys
 from collections.abc import Iterator
 
 import pytest
+from attacker import Attacker
 
 pytestmark = pytest.mark.skipif(
     not sys.platform.startswith("linux"), reason="grpc's SO_REUSEPORT default and the forked attacker are Linux's"
@@ -62,7 +63,7 @@ def start(kind: str, host: str, *extra: str) -> ServerProcess:
 # --- unmodified programs -------------------------------------------------------------------------------
 
 
-def test_control_plain_grpc_server_is_joined(guard_env: pytest.MonkeyPatch, same_user_attacker) -> None:  # type: ignore[no-untyped-def]
+def test_control_plain_grpc_server_is_joined(guard_env: pytest.MonkeyPatch, same_user_attacker: Attacker) -> None:
     # Without the guard, grpc's default SO_REUSEPORT lets the attacker in: the harness sees a hijack.
     with start("sync", "127.0.0.1") as server:
         port = int(server.wait_for(r"PORT (\d+)").group(1))
@@ -72,8 +73,8 @@ def test_control_plain_grpc_server_is_joined(guard_env: pytest.MonkeyPatch, same
 
 @pytest.mark.parametrize("mode", ["warn", "raise", "enforce"])
 @pytest.mark.parametrize("kind", ["sync", "aio"])
-def test_guard_gives_unmodified_grpc_servers_an_exclusive_port(  # type: ignore[no-untyped-def]
-    guard_env: pytest.MonkeyPatch, same_user_attacker, mode: str, kind: str
+def test_guard_gives_unmodified_grpc_servers_an_exclusive_port(
+    guard_env: pytest.MonkeyPatch, same_user_attacker: Attacker, mode: str, kind: str
 ) -> None:
     guard_env.setenv("AIOEXCLUSIVE_GUARD", mode)
     with start(kind, "127.0.0.1") as server:
@@ -100,7 +101,7 @@ def test_guard_warns_about_an_explicit_so_reuseport_in_warn_mode(guard_env: pyte
     assert "ExclusivityWarning" in server.output, server.output
 
 
-def test_guard_honours_an_allowed_so_reuseport(guard_env: pytest.MonkeyPatch, same_user_attacker) -> None:  # type: ignore[no-untyped-def]
+def test_guard_honours_an_allowed_so_reuseport(guard_env: pytest.MonkeyPatch, same_user_attacker: Attacker) -> None:
     # grpc's multiprocessing pattern, allowed explicitly: the sharing the user asked for is there.
     guard_env.setenv("AIOEXCLUSIVE_GUARD", "raise")
     guard_env.setenv("AIOEXCLUSIVE_GUARD_ALLOW", "127.0.0.1:*")
@@ -117,14 +118,14 @@ def test_guard_honours_an_allowed_so_reuseport(guard_env: pytest.MonkeyPatch, sa
 
 @pytest.mark.parametrize("host", LOOPBACK_HOSTS)
 @pytest.mark.parametrize("kind", ["contrib-sync", "contrib-aio"])
-def test_contrib_server_is_exclusive_and_serves(host: str, kind: str, same_user_attacker) -> None:  # type: ignore[no-untyped-def]
+def test_contrib_server_is_exclusive_and_serves(host: str, kind: str, same_user_attacker: Attacker) -> None:
     with start(kind, host) as server:
         port = int(server.wait_for(r"PORT (\d+)").group(1))
         assert_attacker_cannot_listen(same_user_attacker, host, port)
         assert call(host, port) == b"pid %d" % server.proc.pid
 
 
-def test_contrib_honours_an_explicit_opt_in(same_user_attacker) -> None:  # type: ignore[no-untyped-def]
+def test_contrib_honours_an_explicit_opt_in(same_user_attacker: Attacker) -> None:
     # options=[("grpc.so_reuseport", 1)] with allow_reuse_port=True: the sharing the caller asked for.
     with start("contrib-sync", "127.0.0.1", "share") as server:
         port = int(server.wait_for(r"PORT (\d+)").group(1))

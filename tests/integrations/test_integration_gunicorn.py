@@ -15,6 +15,7 @@ import sys
 from collections.abc import Iterator
 
 import pytest
+from attacker import Attacker
 
 pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="gunicorn is POSIX-only")
 gunicorn_config = pytest.importorskip("gunicorn.config")
@@ -68,7 +69,7 @@ def end(server: ServerProcess) -> None:
 
 
 @pytest.mark.parametrize("mode", ["enforce", "raise"])
-def test_guard_serves_reuse_port_workers_from_one_exclusive_socket(guard_env: pytest.MonkeyPatch, same_user_attacker, mode: str) -> None:  # type: ignore[no-untyped-def]
+def test_guard_serves_reuse_port_workers_from_one_exclusive_socket(guard_env: pytest.MonkeyPatch, same_user_attacker: Attacker, mode: str) -> None:
     guard_env.setenv("AIOEXCLUSIVE_GUARD", mode)
     port = free_port()
     server = gunicorn(port)
@@ -81,7 +82,7 @@ def test_guard_serves_reuse_port_workers_from_one_exclusive_socket(guard_env: py
         end(server)
 
 
-def test_guard_keeps_reuse_port_when_allowed(guard_env: pytest.MonkeyPatch, same_user_attacker) -> None:  # type: ignore[no-untyped-def]
+def test_guard_keeps_reuse_port_when_allowed(guard_env: pytest.MonkeyPatch, same_user_attacker: Attacker) -> None:
     guard_env.setenv("AIOEXCLUSIVE_GUARD", "enforce")
     port = free_port()
     guard_env.setenv("AIOEXCLUSIVE_GUARD_ALLOW", f"127.0.0.1:{port}")
@@ -93,7 +94,7 @@ def test_guard_keeps_reuse_port_when_allowed(guard_env: pytest.MonkeyPatch, same
         end(server)
 
 
-def test_control_reuse_port_unguarded_is_joined(guard_env: pytest.MonkeyPatch, same_user_attacker) -> None:  # type: ignore[no-untyped-def]
+def test_control_reuse_port_unguarded_is_joined(guard_env: pytest.MonkeyPatch, same_user_attacker: Attacker) -> None:
     port = free_port()
     server = gunicorn(port)
     try:

@@ -5,8 +5,10 @@ from __future__ import annotations
 import os
 import socket
 import sys
+from pathlib import Path
 
 import pytest
+from attacker import Attacker
 
 pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="POSIX servers signalled with SIGINT; forked attacker")
 hypercorn_config = pytest.importorskip("hypercorn.config")
@@ -38,7 +40,7 @@ def _bind(host: str, port: int = 0) -> str:
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
-def test_run_with_two_workers_is_exclusive(same_user_attacker) -> None:  # type: ignore[no-untyped-def]
+def test_run_with_two_workers_is_exclusive(same_user_attacker: Attacker) -> None:
     args = [PY, "hypercorn_app.py", "--bind", "127.0.0.1:0", "--workers", "2"]
     with ServerProcess(args) as server:
         port = int(server.wait_for(RUNNING, count=2).group(2))
@@ -47,7 +49,7 @@ def test_run_with_two_workers_is_exclusive(same_user_attacker) -> None:  # type:
         assert http_get("127.0.0.1", port)[0] == 200
 
 
-def test_control_plain_config_two_workers_is_hijacked(same_user_attacker) -> None:  # type: ignore[no-untyped-def]
+def test_control_plain_config_two_workers_is_hijacked(same_user_attacker: Attacker) -> None:
     args = [PY, os.path.join(HERE, "ix_hypercorn_plain.py"), "127.0.0.1:0"]
     with ServerProcess(args) as server:
         port = int(server.wait_for(RUNNING, count=2).group(2))
@@ -57,7 +59,7 @@ def test_control_plain_config_two_workers_is_hijacked(same_user_attacker) -> Non
 
 
 @pytest.mark.parametrize("host", LOOPBACK_HOSTS)
-def test_serve_in_aioexclusive_run(host: str, same_user_attacker) -> None:  # type: ignore[no-untyped-def]
+def test_serve_in_aioexclusive_run(host: str, same_user_attacker: Attacker) -> None:
     with ServerProcess([PY, "hypercorn_app.py", "--bind", _bind(host)]) as server:
         port = int(server.wait_for(RUNNING).group(2))
         status, body = http_get(host, port)
@@ -73,7 +75,7 @@ def _close(sockets: hypercorn_config.Sockets) -> None:
 
 
 @pytest.mark.parametrize("exclusive", [True, False], ids=["exclusive", "plain-control"])
-def test_workers_tcp_socket_options(exclusive: bool, same_user_attacker) -> None:  # type: ignore[no-untyped-def]
+def test_workers_tcp_socket_options(exclusive: bool, same_user_attacker: Attacker) -> None:
     config = ExclusiveConfig() if exclusive else hypercorn_config.Config()
     config.bind = ["127.0.0.1:0"]
     config.workers = 2
@@ -101,7 +103,7 @@ def _quic_config(cls: type) -> hypercorn_config.Config:
     return config
 
 
-def test_quic_sockets_are_not_shareable(same_user_attacker) -> None:  # type: ignore[no-untyped-def]
+def test_quic_sockets_are_not_shareable(same_user_attacker: Attacker) -> None:
     sockets = _quic_config(ExclusiveConfig).create_sockets()
     try:
         (quic,) = sockets.quic_sockets
@@ -112,7 +114,7 @@ def test_quic_sockets_are_not_shareable(same_user_attacker) -> None:  # type: ig
         _close(sockets)
 
 
-def test_control_plain_quic_socket_is_joined(same_user_attacker) -> None:  # type: ignore[no-untyped-def]
+def test_control_plain_quic_socket_is_joined(same_user_attacker: Attacker) -> None:
     from importlib.metadata import version
 
     if tuple(int(part) for part in version("hypercorn").split(".")[:2]) < (0, 18):
@@ -127,14 +129,14 @@ def test_control_plain_quic_socket_is_joined(same_user_attacker) -> None:  # typ
         _close(sockets)
 
 
-def test_quic_refused_for_plain_uvloop_workers(no_fd_leak) -> None:  # type: ignore[no-untyped-def]
+def test_quic_refused_for_plain_uvloop_workers(no_fd_leak: None) -> None:
     config = _quic_config(ExclusiveConfig)
     config.worker_class = "uvloop"
     with pytest.raises(ExclusivityError, match="uvloop"):
         config.create_sockets()
 
 
-def test_all_or_nothing(no_fd_leak) -> None:  # type: ignore[no-untyped-def]
+def test_all_or_nothing(no_fd_leak: None) -> None:
     with socket.create_server(("127.0.0.1", 0)) as taken:
         config = ExclusiveConfig()
         config.bind = ["127.0.0.1:0", f"127.0.0.1:{taken.getsockname()[1]}"]
@@ -182,7 +184,7 @@ def test_control_plain_config_unlinks_a_live_server(sock_path: str) -> None:
             _close(sockets)
 
 
-def test_fd_socket_is_audited(no_fd_leak) -> None:  # type: ignore[no-untyped-def]
+def test_fd_socket_is_audited(no_fd_leak: None) -> None:
     shared = socket.socket()
     try:
         shared.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
@@ -200,7 +202,7 @@ def test_fd_socket_is_audited(no_fd_leak) -> None:  # type: ignore[no-untyped-de
 # -- a failed start leaves no socket file of its own (issue 14.11) -------------------
 
 
-def test_failed_unix_start_removes_its_own_earlier_file(sock_path: str, no_fd_leak) -> None:  # type: ignore[no-untyped-def]
+def test_failed_unix_start_removes_its_own_earlier_file(sock_path: str, no_fd_leak: None) -> None:
     first = sock_path + ".a"
     with LiveUnixServer(sock_path) as live:
         config = ExclusiveConfig()
@@ -216,7 +218,7 @@ def test_failed_unix_start_removes_its_own_earlier_file(sock_path: str, no_fd_le
 
 
 @pytest.mark.skipif(not HAVE_IPV6, reason="no IPv6 here")
-def test_wildcard_v6_keeps_hypercorns_dual_stack(other_user_attacker) -> None:  # type: ignore[no-untyped-def]
+def test_wildcard_v6_keeps_hypercorns_dual_stack(other_user_attacker: Attacker) -> None:
     plain = hypercorn_config.Config()
     plain.bind = ["[::]:0"]
     theirs = plain.create_sockets()
@@ -298,7 +300,7 @@ def tls_files(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, str]:
 
 
 @pytest.mark.skipif(not HAVE_UVLOOP, reason="uvloop is not installed")
-def test_quic_refused_when_the_app_installs_uvloop(tls_files, tmp_path, other_user_attacker) -> None:  # type: ignore[no-untyped-def]
+def test_quic_refused_when_the_app_installs_uvloop(tls_files: tuple[str, str], tmp_path: Path, other_user_attacker: Attacker) -> None:
     (tmp_path / "quic_app.py").write_text(QUIC_APP)
     (tmp_path / "runner.py").write_text(QUIC_RUNNER)
     with _ServerProcess([PY, str(tmp_path / "runner.py"), str(tmp_path), *tls_files]) as server:

@@ -17,6 +17,7 @@ import sys
 from collections.abc import Iterator
 
 import pytest
+from attacker import Attacker
 
 pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="fork_processes, SIGINT and the forked attacker: POSIX")
 tornado = pytest.importorskip("tornado")
@@ -84,7 +85,7 @@ class Pid(tornado.web.RequestHandler):
         self.write({"pid": os.getpid()})
 
 
-async def serve_and_check(sockets: list[socket.socket], host: str, attacker) -> None:  # type: ignore[no-untyped-def]
+async def serve_and_check(sockets: list[socket.socket], host: str, attacker: Attacker) -> None:
     server = HTTPServer(tornado.web.Application([(r"/", Pid)]))
     server.add_sockets(sockets)
     port = sockets[0].getsockname()[1]
@@ -99,7 +100,7 @@ async def serve_and_check(sockets: list[socket.socket], host: str, attacker) -> 
 
 
 @pytest.mark.parametrize("host", LOOPBACK_HOSTS)
-def test_contrib_bind_sockets_serves_exclusively(host: str, same_user_attacker) -> None:  # type: ignore[no-untyped-def]
+def test_contrib_bind_sockets_serves_exclusively(host: str, same_user_attacker: Attacker) -> None:
     from aioexclusive.contrib.tornado import bind_sockets
 
     sockets = bind_sockets(0, host)
@@ -124,7 +125,7 @@ def test_contrib_bind_sockets_every_address_one_port() -> None:
             sock.close()
 
 
-def test_contrib_bind_sockets_refusals_and_opt_in(same_user_attacker) -> None:  # type: ignore[no-untyped-def]
+def test_contrib_bind_sockets_refusals_and_opt_in(same_user_attacker: Attacker) -> None:
     from aioexclusive.contrib.tornado import bind_sockets
 
     with pytest.raises(ExclusivityError, match="reuse_port=True"):
@@ -143,7 +144,7 @@ def test_contrib_bind_sockets_refusals_and_opt_in(same_user_attacker) -> None:  
         shared[0].close()
 
 
-def test_control_tornado_reuse_port_is_joined(same_user_attacker) -> None:  # type: ignore[no-untyped-def]
+def test_control_tornado_reuse_port_is_joined(same_user_attacker: Attacker) -> None:
     sockets = tornado.netutil.bind_sockets(0, "127.0.0.1", reuse_port=True)
     try:
         assert attacker_steals(same_user_attacker, "127.0.0.1", sockets[0].getsockname()[1]) > 0
@@ -158,7 +159,7 @@ def test_control_tornado_reuse_port_is_joined(same_user_attacker) -> None:  # ty
     ("pattern", "mode"),
     [("contrib-bind-then-fork", None), ("bind-then-fork", "enforce"), ("bind-then-fork", "raise")],
 )
-def test_bind_then_fork_every_worker_answers(guard_env: pytest.MonkeyPatch, same_user_attacker, pattern: str, mode: str | None) -> None:  # type: ignore[no-untyped-def]
+def test_bind_then_fork_every_worker_answers(guard_env: pytest.MonkeyPatch, same_user_attacker: Attacker, pattern: str, mode: str | None) -> None:
     if mode:
         guard_env.setenv("AIOEXCLUSIVE_GUARD", mode)
     with prefork(pattern, "0", "2") as server:
@@ -178,7 +179,7 @@ def test_guard_refuses_fork_then_reuse_port_loudly(guard_env: pytest.MonkeyPatch
     assert "ExclusivityError" in server.output and "Bind before forking" in server.output, server.output
 
 
-def test_guard_allows_fork_then_reuse_port_when_allowed(guard_env: pytest.MonkeyPatch, same_user_attacker) -> None:  # type: ignore[no-untyped-def]
+def test_guard_allows_fork_then_reuse_port_when_allowed(guard_env: pytest.MonkeyPatch, same_user_attacker: Attacker) -> None:
     guard_env.setenv("AIOEXCLUSIVE_GUARD", "enforce")
     port = free_port()
     guard_env.setenv("AIOEXCLUSIVE_GUARD_ALLOW", f"127.0.0.1:{port}")
@@ -186,7 +187,7 @@ def test_guard_allows_fork_then_reuse_port_when_allowed(guard_env: pytest.Monkey
         answered_by_every_worker(server, port, 2)
 
 
-def test_control_fork_then_reuse_port_unguarded_is_joined(guard_env: pytest.MonkeyPatch, same_user_attacker) -> None:  # type: ignore[no-untyped-def]
+def test_control_fork_then_reuse_port_unguarded_is_joined(guard_env: pytest.MonkeyPatch, same_user_attacker: Attacker) -> None:
     port = free_port()
     with prefork("fork-then-reuse-port", str(port), "2") as server:
         answered_by_every_worker(server, port, 2)

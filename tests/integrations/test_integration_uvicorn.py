@@ -8,6 +8,7 @@ import socket
 import sys
 
 import pytest
+from attacker import Attacker
 
 pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="POSIX servers signalled with SIGINT; forked attacker")
 uvicorn = pytest.importorskip("uvicorn")
@@ -32,7 +33,7 @@ RUNNING = r"Uvicorn running on http://\[?([0-9a-f.:]+?)\]?:(\d+) "
 
 
 @pytest.mark.parametrize("host", LOOPBACK_HOSTS)
-def test_cli_loop_factory_serves_exclusively(host: str, same_user_attacker) -> None:  # type: ignore[no-untyped-def]
+def test_cli_loop_factory_serves_exclusively(host: str, same_user_attacker: Attacker) -> None:
     args = [PY, "-m", "uvicorn", "uvicorn_app:app", "--loop", "aioexclusive:new_event_loop"]
     with ServerProcess([*args, "--host", host, "--port", "0"]) as server:
         port = int(server.wait_for(RUNNING).group(2))
@@ -43,7 +44,7 @@ def test_cli_loop_factory_serves_exclusively(host: str, same_user_attacker) -> N
         assert http_get(host, port)[0] == 200
 
 
-def test_contrib_run_with_workers(same_user_attacker) -> None:  # type: ignore[no-untyped-def]
+def test_contrib_run_with_workers(same_user_attacker: Attacker) -> None:
     with ServerProcess([PY, "uvicorn_app.py", "--workers", "2", "--port", "0"]) as server:
         port = int(server.wait_for(RUNNING).group(2))
         server.wait_for("Application startup complete", count=2)
@@ -56,7 +57,7 @@ def test_contrib_run_with_workers(same_user_attacker) -> None:  # type: ignore[n
     assert server.proc.returncode == 0, server.output
 
 
-def test_config_bind_socket_is_exclusive_and_listening(same_user_attacker) -> None:  # type: ignore[no-untyped-def]
+def test_config_bind_socket_is_exclusive_and_listening(same_user_attacker: Attacker) -> None:
     from aioexclusive.contrib.uvicorn import Config
 
     sock = Config("x:app", host="127.0.0.1", port=0, log_config=None).bind_socket()
@@ -69,7 +70,7 @@ def test_config_bind_socket_is_exclusive_and_listening(same_user_attacker) -> No
         assert str(port) in str(info.value)
 
 
-def test_plain_config_bind_socket_leaves_the_port_to_whoever_listens_first(same_user_attacker) -> None:  # type: ignore[no-untyped-def]
+def test_plain_config_bind_socket_leaves_the_port_to_whoever_listens_first(same_user_attacker: Attacker) -> None:
     # Control: uvicorn binds with SO_REUSEADDR and listens only in the workers;
     # on Linux another SO_REUSEADDR socket can bind too and listen first.
     if not sys.platform.startswith("linux"):
@@ -194,7 +195,7 @@ def _v4_client_reaches(sock: socket.socket, port: int) -> bool:
 
 
 @pytest.mark.skipif(not HAVE_IPV6, reason="no IPv6 here")
-def test_config_wildcard_v6_is_dual_stack_and_exclusive(other_user_attacker) -> None:  # type: ignore[no-untyped-def]
+def test_config_wildcard_v6_is_dual_stack_and_exclusive(other_user_attacker: Attacker) -> None:
     from aioexclusive.contrib.uvicorn import Config
 
     plain = uvicorn.Config("x:app", host="::", port=0, log_config=None).bind_socket()
@@ -215,7 +216,7 @@ def test_config_wildcard_v6_is_dual_stack_and_exclusive(other_user_attacker) -> 
 
 
 @pytest.mark.skipif(not HAVE_IPV6, reason="no IPv6 here")
-def test_run_workers_on_wildcard_v6_serve_ipv4_clients(other_user_attacker) -> None:  # type: ignore[no-untyped-def]
+def test_run_workers_on_wildcard_v6_serve_ipv4_clients(other_user_attacker: Attacker) -> None:
     with ServerProcess([PY, "uvicorn_app.py", "--workers", "2", "--host", "::", "--port", "0"]) as server:
         port = int(server.wait_for(RUNNING).group(2))
         server.wait_for("Application startup complete", count=2)

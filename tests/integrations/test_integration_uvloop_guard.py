@@ -15,6 +15,7 @@ import sys
 from collections.abc import Iterator
 
 import pytest
+from attacker import Attacker
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="libuv's UDP option and the attacker: Linux")
 pytest.importorskip("uvloop")
@@ -40,7 +41,7 @@ def ask(port: int) -> bytes:
         return sock.recvfrom(100)[0]
 
 
-def test_control_plain_uvloop_sock_path_is_joined_by_another_user(guard_env: pytest.MonkeyPatch, other_user_attacker) -> None:  # type: ignore[no-untyped-def]
+def test_control_plain_uvloop_sock_path_is_joined_by_another_user(guard_env: pytest.MonkeyPatch, other_user_attacker: Attacker) -> None:
     with ServerProcess([PY, SERVER, "run", "sock"], cwd=HERE) as server:
         port = int(server.wait_for(READY).group(1))
         result = other_user_attacker.try_bind("udp", 4, "127.0.0.1", port, ("SO_REUSEADDR",))
@@ -50,8 +51,8 @@ def test_control_plain_uvloop_sock_path_is_joined_by_another_user(guard_env: pyt
 
 @pytest.mark.parametrize("mode", ["warn", "enforce"])
 @pytest.mark.parametrize("how", ["run", "new_event_loop", "install", "policy"])
-def test_guard_gives_uvloop_programs_the_exclusive_loop(  # type: ignore[no-untyped-def]
-    guard_env: pytest.MonkeyPatch, other_user_attacker, same_user_attacker, how: str, mode: str
+def test_guard_gives_uvloop_programs_the_exclusive_loop(
+    guard_env: pytest.MonkeyPatch, other_user_attacker: Attacker, same_user_attacker: Attacker, how: str, mode: str
 ) -> None:
     guard_env.setenv("AIOEXCLUSIVE_GUARD", mode)
     with ServerProcess([PY, SERVER, how, "local_addr"], cwd=HERE) as server:
@@ -64,7 +65,7 @@ def test_guard_gives_uvloop_programs_the_exclusive_loop(  # type: ignore[no-unty
         assert ask(port) == b"pid %d" % server.proc.pid
 
 
-def test_guard_never_leaves_a_bound_sock_shareable(guard_env: pytest.MonkeyPatch, other_user_attacker) -> None:  # type: ignore[no-untyped-def]
+def test_guard_never_leaves_a_bound_sock_shareable(guard_env: pytest.MonkeyPatch, other_user_attacker: Attacker) -> None:
     # A UDP socket the program bound itself, handed over with sock=: the exclusive loop either serves it
     # exclusively or refuses it loudly (ExclusivityError, naming local_addr= as the way out), depending on
     # whether it can clear libuv's option before anyone could join; never a silently shared port.
