@@ -59,8 +59,7 @@ from typing import Any
 
 from ._errors import ExclusivityError, ExclusivityWarning
 
-from ._wildcard import HOLDS_WILDCARDS, HeldListener, _bind_hold, is_wildcard
-from ._wildcard import in_bucket as _in_bucket
+from ._wildcard import HOLDS_WILDCARDS, HeldListener, _bind_hold, demote_spare, is_wildcard
 
 __all__ = ["before_bind", "install", "on_listen", "on_release", "watching"]
 
@@ -308,22 +307,10 @@ def on_release(sock: Any, spare: socket.socket | None = None) -> None:
 
 
 def _demote(entry: _Port, port: int, family: int, spare: socket.socket) -> None:
-    try:
-        # Leaves LISTEN but stays bound (bound to an explicit port); the
-        # pending connections are reset, as the close would have done.
-        spare.shutdown(socket.SHUT_RDWR)
-        # Without SO_REUSEADDR it is exactly a hold: nothing can share it.
-        spare.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 0)
-        still_bound = spare.getsockname()[1] == port and _in_bucket(family, port)
-    except OSError:
-        still_bound = False
-    if still_bound and family not in entry.holds:
+    if demote_spare(spare, family, port) and family not in entry.holds:
         entry.holds[family] = spare
     else:
-        # Bound to port 0 at first (the kernel picked the port): the shutdown
-        # took it out of the port's bind bucket (getsockname still names the
-        # port); _rehold binds a fresh hold, or warns.
-        spare.close()
+        spare.close()  # _rehold binds a fresh hold, or warns
 
 
 def _rehold(port: int) -> None:

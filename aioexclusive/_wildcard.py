@@ -49,7 +49,7 @@ from typing import Any
 
 from ._errors import ExclusivityWarning
 
-__all__ = ["HOLDS_WILDCARDS", "HeldListener", "give_back", "is_wildcard", "protect", "take_hold"]
+__all__ = ["HOLDS_WILDCARDS", "HeldListener", "demote_spare", "give_back", "is_wildcard", "protect", "take_hold"]
 
 # Only Linux has the bucket behaviour above; BSD, macOS and Windows keep their
 # per-OS rules (see docs/rules.md) and get no extra socket.
@@ -300,18 +300,32 @@ def _demote(sock: HeldListener) -> None:
         if len(needed) != 1:
             return  # a dual-stack listener's two families: _after_release binds holds
         spare = record.spare
-        try:
-            spare.shutdown(socket.SHUT_RDWR)
-            spare.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 0)
-            still_bound = in_bucket(needed[0], port)
-        except OSError:
-            still_bound = False
-        if not still_bound:
-            # Bound to port 0 at first (the kernel picked the port): the
-            # shutdown gave the port back; _after_release binds a fresh hold.
-            return
+        if not demote_spare(spare, needed[0], port):
+            return  # _after_release binds a fresh hold (_forget closes the spare with the record)
         record.spare = None
         entry.holds[needed[0]] = spare
+
+
+def demote_spare(spare: socket.socket, family: int, port: int) -> bool:
+    """Turn *spare*, a second descriptor of a closing listener on *port*, into a hold of *family*'s wildcard.
+
+    True when it now is one. False when it cannot be: it was bound to port 0
+    (the kernel picked the port), and the shutdown took it out of the port's
+    bind bucket, or a call failed; the caller then closes it and binds a fresh
+    hold. Shared by the exclusive loops (`_demote`) and the guard
+    (`_guard_holds`).
+    """
+    try:
+        # Leaves LISTEN but stays bound (when bound to an explicit port); the
+        # pending connections are reset, as the close would have done.
+        spare.shutdown(socket.SHUT_RDWR)
+        # Without SO_REUSEADDR it is exactly a hold: nothing can share it.
+        spare.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 0)
+        # A port-0 listener leaves the bucket though getsockname still names
+        # the port: only the kernel can say (in_bucket).
+        return bool(spare.getsockname()[1] == port) and in_bucket(family, port)
+    except OSError:
+        return False
 
 
 def in_bucket(family: int, port: int) -> bool:

@@ -215,6 +215,8 @@ def test_closing_one_of_two_servers_never_frees_its_side(
         v6.close()  # not wait_closed: from 3.12 on it would wait for that connection
         await asyncio.sleep(0.05)
         try:
+            with pytest.raises(ConnectionRefusedError):  # the closed listener holds its side but no longer listens
+                socket.create_connection(("::1", port), timeout=2).close()
             result, prime = other_user_attacker.two_step(
                 port, prime_family=6, prime_host="::", prime_v6only=True, family=6, host="::", prime_reuseaddr=True
             )

@@ -299,6 +299,8 @@ def test_closing_one_of_two_listeners_keeps_its_family_held(
     with socket.create_connection(("127.0.0.1", victim.port), timeout=5):
         victim.close_servers()  # the 0.0.0.0 server only
         assert not _bindable(V4, victim.port), "the closed IPv4 listener's port must stay held"
+        with pytest.raises(ConnectionRefusedError):  # held, but no longer listening
+            socket.create_connection(("127.0.0.1", victim.port), timeout=5).close()
         result, prime, stolen = _two_step(other_user_attacker, V6, victim.port, prime_reuseaddr=True)
         assert prime == "EADDRINUSE" and not result.ok and stolen == 0, (result, prime, stolen)
     err = victim.finish()
