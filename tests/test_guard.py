@@ -17,6 +17,8 @@ import subprocess
 import sys
 import textwrap
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -48,17 +50,6 @@ def _scenario_create_server(port: int) -> socket.socket:
     return socket.create_server(("127.0.0.1", port), reuse_port=True)
 
 
-def _scenario_udp_reuseaddr(port: int) -> socket.socket:
-    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    try:
-        sock.bind(("127.0.0.1", port))
-    except BaseException:
-        sock.close()
-        raise
-    return sock
-
-
 def _scenario_hypercorn(port: int) -> socket.socket:
     from hypercorn.config import Config
 
@@ -84,38 +75,32 @@ def _scenario_multicast(port: int) -> socket.socket:
     return sock
 
 
-def _scenario_loop_reuse_port(port: int) -> socket.socket:
-    """The exclusive loop's own reuse_port socket, an explicit allow_reuse_port=True."""
+async def _reuse_port_listener(port: int) -> socket.socket:
+    """A copy of the socket the running loop's create_server(reuse_port=True) bound (the server itself closed)."""
     import asyncio
 
+    server = await asyncio.get_running_loop().create_server(asyncio.Protocol, "127.0.0.1", port, reuse_port=True)
+    sock = server.sockets[0]
+    dup = socket.socket(sock.family, sock.type, fileno=os.dup(sock.fileno()))
+    server.close()
+    await server.wait_closed()
+    return dup
+
+
+def _scenario_loop_reuse_port(port: int) -> socket.socket:
+    """The exclusive loop's own reuse_port socket, an explicit allow_reuse_port=True."""
     import aioexclusive
 
-    async def main() -> socket.socket:
-        server = await asyncio.get_running_loop().create_server(asyncio.Protocol, "127.0.0.1", port, reuse_port=True)
-        sock = server.sockets[0]
-        dup = socket.socket(sock.family, sock.type, fileno=os.dup(sock.fileno()))
-        server.close()
-        await server.wait_closed()
-        return dup
-
-    return aioexclusive.run(main(), allow_reuse_port=True)  # type: ignore[no-any-return]
+    return aioexclusive.run(_reuse_port_listener(port), allow_reuse_port=True)
 
 
 def _scenario_plain_loop_reuse_port(port: int) -> socket.socket:
     """asyncio's own create_server binds through socket.bind too."""
     import asyncio
 
-    async def main() -> socket.socket:
-        server = await asyncio.get_running_loop().create_server(asyncio.Protocol, "127.0.0.1", port, reuse_port=True)
-        sock = server.sockets[0]
-        dup = socket.socket(sock.family, sock.type, fileno=os.dup(sock.fileno()))
-        server.close()
-        await server.wait_closed()
-        return dup
-
     loop = asyncio.new_event_loop()
     try:
-        return loop.run_until_complete(main())
+        return loop.run_until_complete(_reuse_port_listener(port))
     finally:
         loop.close()
 
@@ -130,32 +115,34 @@ class _Index:
         return self.value
 
 
+@contextmanager
+def _closed_on_failure(sock: socket.socket) -> Iterator[socket.socket]:
+    """*sock*, closed if the block raises (a scenario that fails leaves no socket behind)."""
+    try:
+        yield sock
+    except BaseException:
+        sock.close()
+        raise
+
+
 def _udp(host: Any, port: Any, *, late: bool = False) -> socket.socket:
     """A UDP socket with SO_REUSEADDR, set before bind (or, *late*, after it)."""
-    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    try:
+    with _closed_on_failure(socket.socket(socket.AF_INET, socket.SOCK_DGRAM)) as sock:
         if not late:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.bind((host, port))
         if late:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    except BaseException:
-        sock.close()
-        raise
     return sock
 
 
 def _tcp_late(port: int, value: Any) -> socket.socket:
     """A listener bound without SO_REUSEPORT that turns it on between bind and listen."""
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    try:
+    with _closed_on_failure(socket.socket(socket.AF_INET, socket.SOCK_STREAM)) as sock:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as create_server does on POSIX
         sock.bind(("127.0.0.1", port))
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, value)
         sock.listen(64)
-    except BaseException:
-        sock.close()
-        raise
     return sock
 
 
@@ -165,8 +152,7 @@ def _scenario_tcp_port0(port: int) -> socket.socket:
 
 def _udp_autobind(port: int, how: str) -> socket.socket:
     """A UDP client with SO_REUSEADDR that never binds: its first send (or connect) autobinds it (red team D)."""
-    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    try:
+    with _closed_on_failure(socket.socket(socket.AF_INET, socket.SOCK_DGRAM)) as sock:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         if how == "sendto":
             sock.sendto(b"query", ("127.0.0.1", port))
@@ -174,21 +160,14 @@ def _udp_autobind(port: int, how: str) -> socket.socket:
             sock.sendmsg([b"query"], [], 0, ("127.0.0.1", port))
         else:
             sock.connect(("127.0.0.1", port))
-    except BaseException:
-        sock.close()
-        raise
     return sock
 
 
 def _tcp_autobind_listen(port: int) -> socket.socket:
     """A TCP socket with SO_REUSEPORT that listens without a bind: listen() autobinds it."""
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    try:
+    with _closed_on_failure(socket.socket(socket.AF_INET, socket.SOCK_STREAM)) as sock:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         sock.listen(64)
-    except BaseException:
-        sock.close()
-        raise
     return sock
 
 
@@ -213,7 +192,7 @@ SCENARIOS = {
     "tcp_late": lambda port: _tcp_late(port, 1),
     "tcp_late_packed": lambda port: _tcp_late(port, struct.pack("i", 1)),
     "create_server": _scenario_create_server,
-    "udp_reuseaddr": _scenario_udp_reuseaddr,
+    "udp_reuseaddr": lambda port: _udp("127.0.0.1", port),
     "hypercorn": _scenario_hypercorn,
     "multicast": _scenario_multicast,
     "loop_reuse_port": _scenario_loop_reuse_port,
@@ -223,15 +202,13 @@ SCENARIOS = {
 
 def _drain(sock: socket.socket, expected: int) -> int:
     """Connections accepted or datagrams read on *sock*, until *expected* or a quiet second."""
+    from attacker import receive_one
+
     sock.setblocking(False)
     count = 0
     while count < expected and select.select([sock], [], [], 1.0)[0]:
         try:
-            if sock.type == socket.SOCK_STREAM:
-                peer, _ = sock.accept()
-                peer.close()
-            else:
-                sock.recvfrom(65536)
+            receive_one(sock)
         except BlockingIOError:
             continue
         count += 1

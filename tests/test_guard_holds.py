@@ -17,10 +17,9 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
-from attacker import Attacker, send_traffic
+from attacker import LOOPBACK, Attacker, BindResult
 
 pytestmark = [
     pytest.mark.skipif(not sys.platform.startswith("linux"), reason="Linux kernel behaviour: bind buckets"),
@@ -29,12 +28,6 @@ pytestmark = [
 
 TRAFFIC = 20
 V4, V6 = 4, 6
-# For a victim on this family's wildcard: the attacker's prime and its dual-stack listener.
-TWO_STEP = {
-    V4: dict(prime_family=6, prime_host="::", prime_v6only=True, family=6, host="::"),
-    V6: dict(prime_family=4, prime_host="0.0.0.0", prime_v6only=False, family=6, host="::"),
-}
-LOOPBACK = {V4: "127.0.0.1", V6: "::1"}
 
 # The victims: print the port, serve until a line on stdin, close, print "closed",
 # wait for another line. Each is what a plain program does, nothing aioexclusive.
@@ -146,21 +139,13 @@ def _victim(victims: list[Victim], kind: str, mode: str | None, port: int = 0) -
     return victim
 
 
-def _two_step(attacker: Attacker, family: int, port: int, *, prime_reuseaddr: bool = True) -> tuple[Any, str, int]:
-    # prime_reuseaddr by default: the prime then gets past TIME_WAIT connections earlier tests left on the
-    # other family's side of a reused port number (a control that lost to one failed once in CI), and
-    # the hold, which has no SO_REUSEADDR, must refuse it all the same.
-    """The attack against *family*'s wildcard listener on *port*: (attacker's listener result, prime, stolen)."""
-    result, prime = attacker.two_step(port, **TWO_STEP[family], prime_reuseaddr=prime_reuseaddr)  # type: ignore[arg-type]
-    # Loopback connections are processed on the sender's CPU; the attacker's
-    # SO_INCOMING_CPU is 0: sending from CPU 0 lets it win every lookup it can.
-    affinity = os.sched_getaffinity(0)
-    os.sched_setaffinity(0, {0})
-    try:
-        send_traffic("tcp", family, LOOPBACK[family], port, TRAFFIC)
-    finally:
-        os.sched_setaffinity(0, affinity)
-    return result, prime, attacker.collect(wait=0.5)
+def _two_step(attacker: Attacker, family: int, port: int, *, prime_reuseaddr: bool = True) -> tuple[BindResult, str, int]:
+    """The attack against *family*'s wildcard listener on *port*: (attacker's listener result, prime, stolen).
+
+    `Attacker.two_step_attack`; prime_reuseaddr by default (a control that lost to a TIME_WAIT left on the
+    other family's side failed once in CI; the hold, which has no SO_REUSEADDR, must refuse it all the same).
+    """
+    return attacker.two_step_attack(family, port, TRAFFIC, prime_reuseaddr=prime_reuseaddr)
 
 
 def _free_port() -> int:

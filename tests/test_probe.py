@@ -14,30 +14,17 @@ import socket
 import subprocess
 import sys
 import textwrap
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from typing import Any
 
 import pytest
+from attacker import NOBODY, FastPathAttacker, accept_waiting, on_cpu_0
+from harness import IS_ROOT, needs_ipv6
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="Linux kernel rules and /proc")
 
-IS_ROOT = hasattr(os, "geteuid") and os.geteuid() == 0
-NOBODY = 65534
-SO_INCOMING_CPU = getattr(socket, "SO_INCOMING_CPU", 49)
-SO_BINDTODEVICE = getattr(socket, "SO_BINDTODEVICE", 25)
 HIDE_PSUTIL = "import sys\nsys.modules['psutil'] = None"
-
-
-def _ipv6() -> bool:
-    try:
-        with socket.socket(socket.AF_INET6) as s:
-            s.bind(("::1", 0))
-        return True
-    except OSError:
-        return False
-
-
-needs_ipv6 = pytest.mark.skipif(not _ipv6(), reason="IPv6 is not available here")
 needs_root = pytest.mark.skipif(not IS_ROOT, reason="needs root (another user's attacker, namespaces)")
 
 
@@ -65,116 +52,25 @@ def _v6only_wildcard_listener(*, hold_ipv4: bool) -> list[socket.socket]:
     return sockets
 
 
-def _fast_path_attacker(
-    port: int, uid: int | None, *, prime_at: str = "0.0.0.0", prime_reuseaddr: bool = False, bindtodevice: bool = False
-) -> tuple[int, int]:
-    """The real attack, in a forked process (as *uid*): prime, close, dual-stack listen; returns (pid, read fd).
-
-    *prime_at* is the other family's wildcard (``"::"`` is bound IPv6-only);
-    *prime_reuseaddr* adds SO_REUSEADDR to the prime (gets past TIME_WAIT);
-    *bindtodevice* binds the thief to ``lo`` (one more point in the kernel's
-    lookup score: enough to beat an IPv4 listener for IPv4 connections).
-    The child writes ``ok`` once it listens (or ``refused ERR``), then on a
-    line from the parent counts the connections waiting for it and writes the number.
-    """
-    to_child_r, to_child_w = os.pipe()
-    from_child_r, from_child_w = os.pipe()
-    pid = os.fork()
-    if pid == 0:  # pragma: no cover - the child
-        code = 0
-        try:
-            os.close(to_child_w)
-            os.close(from_child_r)
-            if uid is not None:
-                os.setgroups([])
-                os.setgid(uid)
-                os.setuid(uid)
-            try:
-                prime = socket.socket(socket.AF_INET6 if ":" in prime_at else socket.AF_INET, socket.SOCK_STREAM)
-                prime.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-                if prime_reuseaddr:
-                    prime.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-                if ":" in prime_at:
-                    prime.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
-                prime.bind((prime_at, port))
-                prime.close()
-                thief = socket.socket(socket.AF_INET6, socket.SOCK_STREAM)
-                thief.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
-                thief.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-                if bindtodevice:
-                    thief.setsockopt(socket.SOL_SOCKET, SO_BINDTODEVICE, b"lo")
-                # Scores one point above the service for connections handled
-                # on CPU 0 (the parent connects pinned to it).
-                thief.setsockopt(socket.SOL_SOCKET, SO_INCOMING_CPU, 0)
-                thief.bind(("::", port))
-                thief.listen(64)
-            except OSError as exc:
-                os.write(from_child_w, f"refused {exc.errno}\n".encode())
-                os._exit(0)
-            os.write(from_child_w, b"ok\n")
-            os.read(to_child_r, 10)
-            thief.setblocking(False)
-            count = 0
-            while True:
-                try:
-                    conn, _ = thief.accept()
-                except BlockingIOError:
-                    break
-                conn.close()
-                count += 1
-            os.write(from_child_w, f"{count}\n".encode())
-            os.read(to_child_r, 10)
-        except BaseException:
-            code = 1
-        finally:
-            os._exit(code)
-    os.close(to_child_r)
-    os.close(from_child_w)
-    return pid, from_child_r * 1000 + to_child_w
-
-
 @contextmanager
-def attacker(port: int, uid: int | None, **how: object) -> Iterator[tuple[str, object]]:
-    pid, fds = _fast_path_attacker(port, uid, **how)  # type: ignore[arg-type]
-    read_fd, write_fd = divmod(fds, 1000)
-    reader = os.fdopen(read_fd, "r")
-
-    def count() -> int:
-        os.write(write_fd, b"go\n")
-        return int(reader.readline())
-
-    try:
-        yield reader.readline().strip(), count
-    finally:
-        os.close(write_fd)
-        reader.close()
-        os.waitpid(pid, 0)
+def attacker(port: int, uid: int | None, **how: Any) -> Iterator[tuple[str, Callable[[], int]]]:
+    """The real attack (`FastPathAttacker`) as (its first line, its count)."""
+    with FastPathAttacker(port, uid, **how) as thief:
+        yield thief.line(), thief.count
 
 
 def _connections_to(service: socket.socket, host: str, n: int) -> int:
     """Connect *n* times to *host* from CPU 0 (loopback handles the SYN there); how many did *service* get?"""
     port = service.getsockname()[1]
-    affinity = os.sched_getaffinity(0)
-    os.sched_setaffinity(0, {0})
-    try:
+    with on_cpu_0():
         clients = [socket.create_connection((host, port), timeout=5) for _ in range(n)]
-    finally:
-        os.sched_setaffinity(0, affinity)
     service.setblocking(False)
-    got = 0
     try:
-        while True:
-            try:
-                conn, _ = service.accept()
-            except BlockingIOError:
-                break
-            conn.close()
-            got += 1
+        return accept_waiting(service)
     finally:
         service.setblocking(True)
         for client in clients:
             client.close()
-    return got
 
 
 # -- 14.1: the IPv6 wildcard and the kernel fast path -------------------------------------
@@ -199,7 +95,7 @@ def test_v6only_wildcard_listener_is_found_shareable_by_the_fast_path() -> None:
         with attacker(port, NOBODY if IS_ROOT else None) as (status, count):
             assert status == "ok"
             got = _connections_to(service, "::1", 20)
-            stolen = count()  # type: ignore[operator]
+            stolen = count()
         assert stolen > 0 and got + stolen == 20, (got, stolen)
     finally:
         for sock in sockets:
@@ -256,7 +152,7 @@ def test_ipv4_wildcard_listener_against_the_fast_path(hold_ipv6: bool) -> None:
             else:
                 assert status == "ok", status
                 got = _connections_to(service, "127.0.0.1", 20)
-                stolen = count()  # type: ignore[operator]
+                stolen = count()
                 # The control: the attack is real (the thief wins on CPU 0).
                 assert stolen > 0 and got + stolen == 20, (got, stolen)
         if hold_ipv6:
@@ -304,7 +200,7 @@ def test_prime_with_reuseaddr_gets_past_time_wait() -> None:
         with attacker(port, uid, prime_at="::", prime_reuseaddr=True, bindtodevice=True) as (status, count):
             assert status == "ok", status
             got = _connections_to(service, "127.0.0.1", 20)
-            stolen = count()  # type: ignore[operator]
+            stolen = count()
         assert stolen > 0 and got + stolen == 20, (got, stolen)
     finally:
         service.close()
