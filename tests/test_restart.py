@@ -176,11 +176,7 @@ def test_restart_cycles_with_live_connections_lose_nothing(base: str, no_fd_leak
                 else:
                     # Clean EOF: the server is shutting down; this request was
                     # not served. Reconnect (to the next instance) and resend.
-                    writer.close()
-                    try:
-                        await writer.wait_closed()
-                    except OSError:
-                        pass
+                    await _close_quietly(writer)
                     writer = None
                 await asyncio.sleep(0.002)
             if writer is not None:
@@ -335,37 +331,83 @@ async def _let_shutdown_start() -> None:
         await asyncio.sleep(0)
 
 
-def test_answer_in_flight_is_delivered_before_the_half_close(base: str, no_fd_leak: None) -> None:
-    async def main() -> None:
-        loop = asyncio.get_running_loop()
-        graceful = aioexclusive.GracefulShutdown()
-        received, release = asyncio.Event(), asyncio.Event()
-        errors: list[BaseException] = []
-        services: list[SlowService] = []
+async def _close_quietly(writer: asyncio.StreamWriter) -> None:
+    """Close a client whose server may have reset or aborted it already."""
+    writer.close()
+    try:
+        await writer.wait_closed()
+    except OSError:
+        pass
+
+
+class _InFlight:
+    """A `SlowService` server behind *graceful* and one client whose request ``q`` it received, unanswered."""
+
+    received: asyncio.Event
+    release: asyncio.Event
+    errors: list[BaseException]
+    services: list[SlowService]
+    server: asyncio.AbstractServer
+    reader: asyncio.StreamReader
+    writer: asyncio.StreamWriter
+
+    @classmethod
+    async def open(cls, graceful: aioexclusive.GracefulShutdown) -> _InFlight:
+        self = cls()
+        self.received, self.release = asyncio.Event(), asyncio.Event()
+        self.errors, self.services = [], []
 
         def factory() -> SlowService:
-            services.append(SlowService(received, release, errors))
-            return services[-1]
+            self.services.append(SlowService(self.received, self.release, self.errors))
+            return self.services[-1]
 
-        server = await loop.create_server(graceful.wrap(factory), "127.0.0.1", 0)
-        port = server.sockets[0].getsockname()[1]
-        reader, writer = await asyncio.open_connection("127.0.0.1", port)
-        writer.write(b"q\n")
-        await received.wait()
-        shutdown = asyncio.ensure_future(graceful.shutdown(server, timeout=30))
+        self.server = await asyncio.get_running_loop().create_server(graceful.wrap(factory), "127.0.0.1", 0)
+        port = self.server.sockets[0].getsockname()[1]
+        self.reader, self.writer = await asyncio.open_connection("127.0.0.1", port)
+        self.writer.write(b"q\n")
+        await self.received.wait()
+        return self
+
+
+async def _shutdown_from_the_factory(
+    graceful: aioexclusive.GracefulShutdown, timeout: float
+) -> tuple[list[asyncio.Future[aioexclusive.ShutdownResult]], asyncio.StreamReader, asyncio.StreamWriter]:
+    """A `LineService` server whose factory starts ``graceful.shutdown(server, timeout)`` and one client.
+
+    The protocol factory runs after the accept and before connection_made on
+    every loop, so starting the shutdown from inside it is that moment, every time.
+    Returns (the started shutdown, in a list filled by the first accept; the client).
+    """
+    started: list[asyncio.Future[aioexclusive.ShutdownResult]] = []
+
+    def factory() -> LineService:
+        if not started:
+            started.append(asyncio.ensure_future(graceful.shutdown(server, timeout=timeout)))
+        return LineService([], 1)
+
+    server = await asyncio.get_running_loop().create_server(graceful.wrap(factory), "127.0.0.1", 0)
+    reader, writer = await asyncio.open_connection("127.0.0.1", server.sockets[0].getsockname()[1])
+    return started, reader, writer
+
+
+def test_answer_in_flight_is_delivered_before_the_half_close(base: str, no_fd_leak: None) -> None:
+    async def main() -> None:
+        graceful = aioexclusive.GracefulShutdown()
+        slow = await _InFlight.open(graceful)
+        shutdown = asyncio.ensure_future(graceful.shutdown(slow.server, timeout=30))
         try:
             await _let_shutdown_start()
-            assert not server.is_serving()
-            release.set()  # the answer is written now, while shutting down
+            assert not slow.server.is_serving()
+            slow.release.set()  # the answer is written now, while shutting down
             # The client gets the answer, then the clean EOF.
-            assert await asyncio.wait_for(reader.read(), 5) == b"answer q\n"
-            writer.close()
-            await writer.wait_closed()
+            assert await asyncio.wait_for(slow.reader.read(), 5) == b"answer q\n"
+            slow.writer.close()
+            await slow.writer.wait_closed()
             assert await shutdown == aioexclusive.ShutdownResult(drained=1, aborted=0)
-            await asyncio.gather(*services[0].tasks)
-            assert errors == []
+            await asyncio.gather(*slow.services[0].tasks)
+            assert slow.errors == []
         finally:
-            await _clean_up(writer, shutdown)
+            await _clean_up(slow.writer, shutdown)
 
     run(main(), base)
 
@@ -437,53 +479,22 @@ def test_idle_connections_are_still_half_closed_at_once(base: str, no_fd_leak: N
 
 def test_a_request_never_answered_is_aborted_at_the_timeout(base: str, no_fd_leak: None) -> None:
     async def main() -> None:
-        loop = asyncio.get_running_loop()
         graceful = aioexclusive.GracefulShutdown()
-        received, release = asyncio.Event(), asyncio.Event()
-        errors: list[BaseException] = []
-        services: list[SlowService] = []
-
-        def factory() -> SlowService:
-            services.append(SlowService(received, release, errors))
-            return services[-1]
-
-        server = await loop.create_server(graceful.wrap(factory), "127.0.0.1", 0)
-        reader, writer = await asyncio.open_connection("127.0.0.1", server.sockets[0].getsockname()[1])
-        writer.write(b"q\n")
-        await received.wait()
-        result = await asyncio.wait_for(graceful.shutdown(server, timeout=0.2), 5)
+        slow = await _InFlight.open(graceful)
+        result = await asyncio.wait_for(graceful.shutdown(slow.server, timeout=0.2), 5)
         assert result == aioexclusive.ShutdownResult(drained=0, aborted=1)
-        for task in services[0].tasks:
+        for task in slow.services[0].tasks:
             task.cancel()
-        writer.close()
-        try:
-            await writer.wait_closed()
-        except OSError:
-            pass
+        await _close_quietly(slow.writer)
 
     run(main(), base)
 
 
 def test_connection_accepted_as_shutdown_begins_is_drained(base: str, no_fd_leak: None) -> None:
-    """Shutdown starts between accept() and connection_made: the connection must not be forgotten.
-
-    The protocol factory runs after the accept and before connection_made on
-    every loop, so starting the shutdown from inside it is that moment, every time.
-    """
+    """Shutdown starts between accept() and connection_made: the connection must not be forgotten."""
 
     async def main() -> None:
-        loop = asyncio.get_running_loop()
-        graceful = aioexclusive.GracefulShutdown()
-        processed: list[str] = []
-        started: list[asyncio.Future[aioexclusive.ShutdownResult]] = []
-
-        def factory() -> LineService:
-            if not started:
-                started.append(asyncio.ensure_future(graceful.shutdown(server, timeout=30)))
-            return LineService(processed, 1)
-
-        server = await loop.create_server(graceful.wrap(factory), "127.0.0.1", 0)
-        reader, writer = await asyncio.open_connection("127.0.0.1", server.sockets[0].getsockname()[1])
+        started, reader, writer = await _shutdown_from_the_factory(aioexclusive.GracefulShutdown(), 30)
         try:
             # Half-closed like every other connection (before the fix: left fully open).
             assert await asyncio.wait_for(reader.read(), 5) == b""
@@ -498,18 +509,7 @@ def test_connection_accepted_as_shutdown_begins_is_drained(base: str, no_fd_leak
 
 def test_connection_accepted_as_shutdown_begins_is_aborted_at_the_timeout(base: str, no_fd_leak: None) -> None:
     async def main() -> None:
-        loop = asyncio.get_running_loop()
-        graceful = aioexclusive.GracefulShutdown()
-        processed: list[str] = []
-        started: list[asyncio.Future[aioexclusive.ShutdownResult]] = []
-
-        def factory() -> LineService:
-            if not started:
-                started.append(asyncio.ensure_future(graceful.shutdown(server, timeout=0.2)))
-            return LineService(processed, 1)
-
-        server = await loop.create_server(graceful.wrap(factory), "127.0.0.1", 0)
-        reader, writer = await asyncio.open_connection("127.0.0.1", server.sockets[0].getsockname()[1])
+        started, reader, writer = await _shutdown_from_the_factory(aioexclusive.GracefulShutdown(), 0.2)
         try:
             # The client never closes: the timeout's abort must reach this connection too.
             result = await asyncio.wait_for(started[0], 5)
@@ -520,11 +520,7 @@ def test_connection_accepted_as_shutdown_begins_is_aborted_at_the_timeout(base: 
                 pass
         finally:
             await _clean_up(writer, started[0])
-        writer.close()
-        try:
-            await writer.wait_closed()
-        except OSError:
-            pass
+        await _close_quietly(writer)
 
     run(main(), base)
 
@@ -579,11 +575,7 @@ def test_burst_of_idle_clients_during_shutdown_every_one_is_closed(base: str, ha
                 hung.append(1)  # left open by the server: a failure (abort, not a hang)
                 writer.transport.abort()
                 return
-            writer.close()
-            try:
-                await writer.wait_closed()
-            except OSError:
-                pass
+            await _close_quietly(writer)
 
         hung: list[int] = []
         await asyncio.gather(*(client() for _ in range(clients)))
