@@ -11,14 +11,12 @@ import threading
 import time
 
 import pytest
+from harness import IS_ROOT, ON_LINUX
 
 import aioexclusive
 from aioexclusive._plan import RULES, Role, current_platform
 
 pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="the CLI tests fork attackers and use POSIX sockets")
-
-IS_ROOT = hasattr(os, "geteuid") and os.geteuid() == 0
-ON_LINUX = sys.platform.startswith("linux")
 
 try:
     import rich  # noqa: F401

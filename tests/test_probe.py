@@ -19,7 +19,7 @@ from contextlib import contextmanager
 from typing import Any
 
 import pytest
-from attacker import NOBODY, FastPathAttacker, accept_waiting, on_cpu_0
+from attacker import NOBODY, FastPathAttacker, accept_waiting, drop_to, on_cpu_0
 from harness import IS_ROOT, needs_ipv6
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="Linux kernel rules and /proc")
@@ -231,9 +231,7 @@ def _reuseport_service_as(uid: int) -> Iterator[int]:
         try:
             os.close(r)
             os.close(done_w)
-            os.setgroups([])
-            os.setgid(uid)
-            os.setuid(uid)
+            drop_to(uid)
             sock = socket.socket()
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
             sock.bind(("127.0.0.1", 0))

@@ -16,3 +16,12 @@ def sock_path() -> Iterator[str]:
     directory = tempfile.mkdtemp(prefix="aioex-")
     yield os.path.join(directory, "s.sock")
     shutil.rmtree(directory, ignore_errors=True)
+
+
+@pytest.fixture
+def guard_env(monkeypatch: pytest.MonkeyPatch) -> pytest.MonkeyPatch:
+    """No AIOEXCLUSIVE_GUARD* (nor AIOCOAP_REUSE_PORT) from outside: the servers a test starts inherit
+    exactly what the test sets through the returned monkeypatch."""
+    for name in ("AIOEXCLUSIVE_GUARD", "AIOEXCLUSIVE_GUARD_ALLOW", "AIOCOAP_REUSE_PORT"):
+        monkeypatch.delenv(name, raising=False)
+    return monkeypatch

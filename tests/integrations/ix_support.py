@@ -14,6 +14,9 @@ from typing import Any
 
 import pytest
 from attacker import Attacker, send_traffic
+# Re-exported: the integration tests take these from here.
+from harness import HAVE_IPV6 as HAVE_IPV6
+from harness import HAVE_UVLOOP as HAVE_UVLOOP
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(os.path.dirname(HERE))
@@ -116,7 +119,7 @@ def family_of(host: str) -> int:
 
 
 def _recv_all(sock: socket.socket) -> bytes:
-    chunks = []
+    chunks: list[bytes] = []
     while True:
         data = sock.recv(65536)
         if not data:
@@ -214,27 +217,11 @@ def sharing_options(sock: socket.socket) -> tuple[int, int]:
     )
 
 
-def _ipv6_loopback() -> bool:
-    try:
-        with socket.socket(socket.AF_INET6, socket.SOCK_STREAM) as sock:
-            sock.bind(("::1", 0))
-        return True
-    except OSError:
-        return False
-
-
-HAVE_IPV6 = _ipv6_loopback()
 # The loopback addresses every server test runs on.
 LOOPBACK_HOSTS = [
     pytest.param("127.0.0.1", id="ipv4"),
     pytest.param("::1", id="ipv6", marks=pytest.mark.skipif(not HAVE_IPV6, reason="no IPv6 loopback here")),
 ]
-try:
-    import uvloop  # noqa: F401
-
-    HAVE_UVLOOP = True
-except ImportError:
-    HAVE_UVLOOP = False
 
 
 class LiveUnixServer:

@@ -11,7 +11,6 @@ from __future__ import annotations
 import os
 import socket
 import sys
-from collections.abc import Iterator
 
 import pytest
 from attacker import Attacker
@@ -32,13 +31,6 @@ from ix_support import (  # noqa: E402
 SERVER = os.path.join(HERE, "ix_aiocoap_server.py")
 # A confirmable CoAP GET for /pid: version 1, CON, no token, code 0.01, message id 0x1234, Uri-Path "pid".
 GET_PID = bytes([0x40, 0x01, 0x12, 0x34, 0xB3]) + b"pid"
-
-
-@pytest.fixture
-def guard_env(monkeypatch: pytest.MonkeyPatch) -> Iterator[pytest.MonkeyPatch]:
-    for name in ("AIOEXCLUSIVE_GUARD", "AIOEXCLUSIVE_GUARD_ALLOW", "AIOCOAP_REUSE_PORT"):
-        monkeypatch.delenv(name, raising=False)
-    yield monkeypatch
 
 
 def coap_get_pid(port: int) -> bytes:

@@ -12,7 +12,6 @@ import json
 import os
 import subprocess
 import sys
-from collections.abc import Iterator
 
 import pytest
 from attacker import Attacker
@@ -46,14 +45,6 @@ def call(host: str, port: int) -> bytes:
     result = subprocess.run([PY, CLIENT, host, str(port)], env=child_env(), capture_output=True, timeout=120, cwd=HERE)
     assert result.returncode == 0, result.stderr.decode(errors="replace")
     return result.stdout.strip()
-
-
-@pytest.fixture
-def guard_env(monkeypatch: pytest.MonkeyPatch) -> Iterator[pytest.MonkeyPatch]:
-    """The servers started in the test inherit whatever AIOEXCLUSIVE_GUARD* the test sets."""
-    monkeypatch.delenv("AIOEXCLUSIVE_GUARD", raising=False)
-    monkeypatch.delenv("AIOEXCLUSIVE_GUARD_ALLOW", raising=False)
-    yield monkeypatch
 
 
 def start(kind: str, host: str, *extra: str) -> ServerProcess:

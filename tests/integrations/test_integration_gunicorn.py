@@ -12,7 +12,6 @@ from __future__ import annotations
 import os
 import signal
 import sys
-from collections.abc import Iterator
 
 import pytest
 from attacker import Attacker
@@ -32,13 +31,6 @@ from ix_support import (  # noqa: E402
 
 WORKERS = 2
 NOTICE = "gunicorn's --reuse-port"
-
-
-@pytest.fixture
-def guard_env(monkeypatch: pytest.MonkeyPatch) -> Iterator[pytest.MonkeyPatch]:
-    monkeypatch.delenv("AIOEXCLUSIVE_GUARD", raising=False)
-    monkeypatch.delenv("AIOEXCLUSIVE_GUARD_ALLOW", raising=False)
-    yield monkeypatch
 
 
 def gunicorn(port: int) -> ServerProcess:

@@ -42,13 +42,6 @@ from ix_support import (  # noqa: E402
 SERVER = os.path.join(HERE, "ix_tornado_server.py")
 
 
-@pytest.fixture
-def guard_env(monkeypatch: pytest.MonkeyPatch) -> Iterator[pytest.MonkeyPatch]:
-    monkeypatch.delenv("AIOEXCLUSIVE_GUARD", raising=False)
-    monkeypatch.delenv("AIOEXCLUSIVE_GUARD_ALLOW", raising=False)
-    yield monkeypatch
-
-
 @contextlib.contextmanager
 def prefork(*args: str) -> Iterator[ServerProcess]:
     """The server and all its workers; ended together (a worker outliving its parent would hold the output pipe)."""

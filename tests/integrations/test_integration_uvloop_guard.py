@@ -12,7 +12,6 @@ from __future__ import annotations
 import os
 import socket
 import sys
-from collections.abc import Iterator
 
 import pytest
 from attacker import Attacker
@@ -24,13 +23,6 @@ from ix_support import HERE, PY, ServerProcess, assert_attacker_cannot_bind_udp 
 
 SERVER = os.path.join(HERE, "ix_uvloop_server.py")
 READY = r"PORT (\d+) LOOP (\w+)"
-
-
-@pytest.fixture
-def guard_env(monkeypatch: pytest.MonkeyPatch) -> Iterator[pytest.MonkeyPatch]:
-    monkeypatch.delenv("AIOEXCLUSIVE_GUARD", raising=False)
-    monkeypatch.delenv("AIOEXCLUSIVE_GUARD_ALLOW", raising=False)
-    yield monkeypatch
 
 
 def ask(port: int) -> bytes:
