@@ -45,23 +45,12 @@ from aioexclusive._multicast import (
     sender_options,
 )
 from aioexclusive._plan import PLATFORMS
+from harness import BASES
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 HOST_NETNS_VAR = "AIOEXCLUSIVE_TEST_HOST_NETNS"
 N = 20  # datagrams per burst
-
-try:
-    import uvloop  # noqa: F401
-
-    HAVE_UVLOOP = True
-except ImportError:
-    HAVE_UVLOOP = False
-
-BASES = [
-    pytest.param("asyncio", id="asyncio"),
-    pytest.param("uvloop", id="uvloop", marks=pytest.mark.skipif(not HAVE_UVLOOP, reason="uvloop is not installed")),
-]
 
 
 def _run(coro: Any, base: str) -> Any:
