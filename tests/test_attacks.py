@@ -11,7 +11,7 @@ import socket
 import sys
 
 import pytest
-from attacker import OPTION_SETS, Attacker, send_traffic
+from attacker import OPTION_SETS, Attacker, BindResult, send_traffic
 from harness import HAVE_UVLOOP, needs_ipv6, run, run_plain
 from services import LOOPBACK, WILDCARD, adopt_service, open_service
 
@@ -53,7 +53,7 @@ def test_attacker_cannot_co_bind(
     attacker = _attacker(request, who)
     server_host, attacker_host = _addresses(family, server_at, attacker_at)
 
-    async def scenario() -> tuple[object, int, int]:
+    async def scenario() -> tuple[BindResult, int, int]:
         service = await open_service(proto, server_host)
         try:
             result = attacker.try_bind(proto, family, attacker_host, service.port, OPTION_SETS[options])
@@ -86,7 +86,7 @@ def test_callers_socket_stays_exclusive_after_adoption(
         # again: refused, see test_attacks_kernel.py for the racing attacker.
         pytest.skip("a bound UDP sock= is refused on uvloop (test_uvloop_refuses_a_bound_udp_sock_and_names_local_addr)")
 
-    async def scenario() -> tuple[list[object], int, int]:
+    async def scenario() -> tuple[list[BindResult], int, int]:
         kind = socket.SOCK_STREAM if proto == "tcp" else socket.SOCK_DGRAM
         sock = socket.socket(socket.AF_INET6 if family == 6 else socket.AF_INET, kind)
         sock.bind((LOOPBACK[family], 0))
@@ -105,7 +105,7 @@ def test_callers_socket_stays_exclusive_after_adoption(
         return results, stolen, received
 
     results, stolen, received = run(scenario(), base)
-    assert not any(r.ok for r in results), [str(r) for r in results]  # type: ignore[attr-defined]
+    assert not any(r.ok for r in results), [str(r) for r in results]
     assert (stolen, received) == (0, TRAFFIC)
 
 
@@ -116,7 +116,7 @@ CONTROL_TRAFFIC = 64
 
 @pytest.mark.parametrize("proto", ["tcp", "udp"])
 def test_control_plain_loop_with_reuse_port_is_hijacked(same_user_attacker: Attacker, base: str, proto: str) -> None:
-    async def scenario() -> tuple[object, int, int]:
+    async def scenario() -> tuple[BindResult, int, int]:
         service = await open_service(proto, "127.0.0.1", reuse_port=True)
         try:
             result = same_user_attacker.try_bind(proto, 4, "127.0.0.1", service.port, OPTION_SETS["SO_REUSEPORT"])
@@ -137,7 +137,7 @@ def test_control_plain_loop_with_reuse_port_is_hijacked(same_user_attacker: Atta
 def test_control_plain_uvloop_udp_sock_is_hijacked_by_another_user(other_user_attacker: Attacker) -> None:
     """bpo-37228-style: uv_udp_open sets SO_REUSEADDR on an adopted socket; any user can join."""
 
-    async def scenario() -> tuple[object, int, int, int]:
+    async def scenario() -> tuple[BindResult, int, int, int]:
         sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         sock.bind(("127.0.0.1", 0))
         service = await adopt_service("udp", sock)

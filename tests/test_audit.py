@@ -401,8 +401,10 @@ def _script(*args: str, timeout: float = 60) -> dict[str, Any]:
 
 
 def _row(report: dict[str, Any], proto: str, port: int, address: str | None = None) -> dict[str, Any]:
-    rows = [r for r in report["sockets"] if r["proto"] == proto and r["port"] == port
-            and (address is None or r["address"] == address)]
+    rows: list[dict[str, Any]] = [
+        r for r in report["sockets"]
+        if r["proto"] == proto and r["port"] == port and (address is None or r["address"] == address)
+    ]
     assert len(rows) == 1, (proto, port, address, rows)
     return rows[0]
 
@@ -556,7 +558,7 @@ def test_framework_fixes_are_recognised() -> None:
 # Real victims, real attackers
 # ---------------------------------------------------------------------------
 
-COMBINATIONS = [
+COMBINATIONS: list[tuple[str, list[str]]] = [
     ("tcp", []),
     ("tcp", ["SO_REUSEADDR"]),
     ("tcp", ["SO_REUSEPORT"]),
@@ -575,7 +577,9 @@ def test_option_combinations_match_real_attackers(
 ) -> None:
     from aioexclusive._cli.audit import audit
 
-    specs = [{"proto": proto, "family": 4, "host": "127.0.0.1", "options": options} for proto, options in COMBINATIONS]
+    specs: list[dict[str, Any]] = [
+        {"proto": proto, "family": 4, "host": "127.0.0.1", "options": options} for proto, options in COMBINATIONS
+    ]
     victim = Victim("victim", json.dumps({"uid": uid, "sockets": specs}))
     victims.append(victim)
     ports = victim.info["ports"]
