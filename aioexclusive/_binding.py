@@ -7,6 +7,7 @@ leaves, so a failed ``create_server`` leaks no file descriptor.
 
 from __future__ import annotations
 
+import _socket
 import asyncio
 import contextvars
 import errno
@@ -145,18 +146,31 @@ def numeric_addrinfo(
     kind = _KINDS.get(type)
     if kind is None or proto not in (0, _USUAL_PROTO[kind]):
         return None
+    literal = _ip_literal(host)
+    if literal is None or family not in (0, literal[0]):
+        return None
+    fam, text = literal
+    sockaddr = (text, port) if fam == socket.AF_INET else (text, port, 0, 0)
+    # An explicit proto comes back as given (Windows answers 0 otherwise).
+    return [(fam, kind, proto or _reported_proto(kind), "", sockaddr)]
+
+
+@functools.lru_cache(maxsize=256)
+def _ip_literal(host: str) -> tuple[socket.AddressFamily, str] | None:
+    """(family, the spelling getaddrinfo reports) when *host* is an IP literal, else None.
+
+    Cached: a program binds the same few hosts again and again, and parsing
+    (an exception per family that does not match) is most of
+    `numeric_addrinfo`'s cost. Bounded, so a program resolving many names
+    keeps only the latest.
+    """
     for fam in _INET_FAMILIES:
-        if family not in (0, fam):
-            continue
         try:
             packed = socket.inet_pton(fam, host)
         except (OSError, ValueError):
             continue
         # The spelling getaddrinfo reports ("::0001" -> "::1").
-        text = socket.inet_ntop(fam, packed)
-        sockaddr = (text, port) if fam == socket.AF_INET else (text, port, 0, 0)
-        # An explicit proto comes back as given (Windows answers 0 otherwise).
-        return [(fam, kind, proto or _reported_proto(kind), "", sockaddr)]
+        return fam, socket.inet_ntop(fam, packed)
     return None
 
 
@@ -406,6 +420,10 @@ def new_socket(
     )
 
 
+# The C-level getter: an int, not the enum that socket.socket.family builds in Python.
+_family_of = _socket.socket.family.__get__
+
+
 def configure_socket(
     sock: socket.socket,
     plan: BindPlan,
@@ -417,7 +435,7 @@ def configure_socket(
     """Apply the plan to a fresh socket (closed again if that fails)."""
     try:
         apply_plan(sock, plan, strict=strict, address=address)
-        if listener_v6only is not None and _HAS_IPV6 and sock.family == socket.AF_INET6:
+        if listener_v6only is not None and _HAS_IPV6 and _family_of(sock) == socket.AF_INET6:
             # Linux listens on both families through one IPv6 socket by default;
             # asyncio turns that off for listeners and so do we, so each family
             # gets its own socket and its own plan.
@@ -509,24 +527,52 @@ def _open_one(
     skip_unavailable: bool,
 ) -> list[socket.socket]:
     family, type_, proto, _, sockaddr = info
+    sock = _open_socket(
+        socket.socket, family, type_, proto, sockaddr, plan, backlog, keep_alive, dualstack_ipv6, strict,
+        skip_unavailable,
+    )
+    return [] if sock is None else [sock]
+
+
+def _open_socket(
+    cls: type[socket.socket],
+    family: int,
+    type_: int,
+    proto: int,
+    sockaddr: Any,
+    plan: BindPlan,
+    backlog: int | None,
+    keep_alive: bool,
+    dualstack_ipv6: bool,
+    strict: bool,
+    skip_unavailable: bool,
+) -> socket.socket | None:
+    """One configured socket bound to *sockaddr* (listening, given a *backlog*); None for a skipped address.
+
+    Skipped, as asyncio skips them: a family, type or protocol the host
+    cannot make (IPv6 disabled in the kernel, say), and with
+    *skip_unavailable* an address whose bind fails with ``EADDRNOTAVAIL``.
+    On any other failure the socket is closed and the error raised.
+    """
     try:
-        sock = socket.socket(family, type_, proto)
+        sock = cls(family, type_, proto)
     except OSError:
-        return []  # as asyncio: a family the host cannot make is skipped
+        return None
     try:
         configure_socket(sock, plan, strict=strict, address=sockaddr, listener_v6only=not dualstack_ipv6)
         if keep_alive:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
-        bind_now(sock, sockaddr, plan.role, backlog=backlog)
-    except OSError as exc:
-        sock.close()
-        if skip_unavailable and exc.errno == errno.EADDRNOTAVAIL:
-            return []
-        raise
+        try:
+            bind_now(sock, sockaddr, plan.role, backlog=backlog)
+        except OSError as exc:
+            if skip_unavailable and exc.errno == errno.EADDRNOTAVAIL:
+                sock.close()
+                return None
+            raise
     except BaseException:
         sock.close()
         raise
-    return [sock]
+    return sock
 
 
 def _port_of(sockaddr: Any) -> int | None:
@@ -580,26 +626,16 @@ def _open_bound_sockets_once(
                 # which would leave a window (see _wildcard).
                 sockets.append(_promote(hold, plan, backlog, keep_alive, dualstack_ipv6, sockaddr, strict))
                 continue
-            try:
-                sock = (_wildcard.HeldListener if wildcard else socket.socket)(family, type_, proto)
-            except OSError:
-                # Same as asyncio: a family/type/protocol the host cannot make
-                # (IPv6 disabled in the kernel, say) is skipped, not fatal.
+            sock = _open_socket(
+                _wildcard.HeldListener if wildcard else socket.socket, family, type_, proto, sockaddr, plan,
+                backlog, keep_alive, dualstack_ipv6, strict, skip_unavailable,
+            )
+            if sock is None:
                 continue
             sockets.append(sock)
-            configure_socket(sock, plan, strict=strict, address=sockaddr, listener_v6only=not dualstack_ipv6)
-            if keep_alive:
-                sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
-            try:
-                bind_now(sock, sockaddr, plan.role, backlog=backlog)
-            except OSError as exc:
-                if not (skip_unavailable and exc.errno == errno.EADDRNOTAVAIL):
-                    raise
-                sockets.pop()
-                sock.close()
-                continue
             if same_port:
-                bound_port = sock.getsockname()[1]
+                # Only a port-0 bind needs the kernel's answer.
+                bound_port = sockaddr[1] or sock.getsockname()[1]
                 if not chosen:
                     chosen = bound_port
                 if bound_port == chosen:
