@@ -17,11 +17,6 @@ anyio and pytest-asyncio need no module here: see docs/integrations.md
 
 from __future__ import annotations
 
-import typing
-
-if typing.TYPE_CHECKING:
-    import socket
-
 
 def _v6_default_is_dualstack() -> bool:
     """Does a fresh IPv6 socket on this system accept IPv4 too (``IPV6_V6ONLY`` off by default)?
@@ -40,25 +35,3 @@ def _v6_default_is_dualstack() -> bool:
             return probe.getsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY) == 0
     except OSError:
         return False
-
-
-def _picklable_for_workers(sock: socket.socket) -> None:
-    """Let multiprocessing hand *sock* to spawned workers although it is a socket subclass.
-
-    ``bind_socket`` may return a subclass of `socket.socket` (a wildcard
-    listener that keeps the other family's wildcard held, `_wildcard`).
-    uvicorn's and hypercorn's supervisors pickle their listening sockets for
-    spawned workers, and multiprocessing's reducer is registered for
-    `socket.socket` itself only: register it for the subclass too. The worker
-    gets a plain socket for the same descriptor; the supervisor keeps the
-    original (and whatever it holds) for as long as it runs.
-    """
-    import multiprocessing.reduction as reduction
-    import socket
-
-    kind = type(sock)
-    if kind is socket.socket or not issubclass(kind, socket.socket):
-        return
-    reducer = getattr(reduction, "_reduce_socket", None)
-    if reducer is not None and kind not in getattr(reduction.ForkingPickler, "_extra_reducers", {}):
-        reduction.ForkingPickler.register(kind, reducer)

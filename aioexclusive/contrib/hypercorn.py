@@ -43,7 +43,7 @@ from .._errors import ExclusivityError
 from .._loops import ExclusiveLoopMixin
 from .._plan import Role, make_plan
 from .._unix import bind_unix_path, remove_own_path
-from . import _picklable_for_workers, _v6_default_is_dualstack
+from . import _v6_default_is_dualstack
 
 __all__ = ["ExclusiveConfig"]
 
@@ -195,8 +195,9 @@ class ExclusiveConfig(hypercorn.config.Config):
         # hypercorn leaves IPV6_V6ONLY at the system default, so "[::]:P" is
         # dual-stack on Linux: keep it (one socket, exclusive on both families).
         dualstack = family == socket.AF_INET6 and type_ == socket.SOCK_STREAM and _v6_default_is_dualstack()
+        # A wildcard listener is a _wildcard.HeldListener, which pickles for
+        # hypercorn's spawned workers as a plain socket does (copyreg, _wildcard).
         sock = bind_socket((host, port), type=type_, family=family, backlog=backlog, dualstack_ipv6=dualstack)
-        _picklable_for_workers(sock)  # hypercorn.run.run spawns its workers with this socket
         if type_ == socket.SOCK_STREAM:
             try:
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)

@@ -40,7 +40,7 @@ from .._loops import ExclusiveLoopMixin, exclusive_loop_class
 from .._plan import Role, make_plan
 from .._entry import new_event_loop
 from .._unix import bind_unix_path, remove_own_path
-from . import _picklable_for_workers, _v6_default_is_dualstack
+from . import _v6_default_is_dualstack
 
 __all__ = ["Config", "run"]
 
@@ -125,8 +125,9 @@ class Config(uvicorn.Config):
             dualstack = family == socket.AF_INET6 and _v6_default_is_dualstack()
             # Listening at once (unlike uvicorn, which listens in each worker)
             # closes the Linux window where two SO_REUSEADDR sockets are both bound.
+            # A wildcard listener is a _wildcard.HeldListener, which pickles for
+            # uvicorn's spawned workers as a plain socket does (copyreg, _wildcard).
             sock = bind_socket((self.host, self.port), family=family, backlog=self.backlog, dualstack_ipv6=dualstack)
-            _picklable_for_workers(sock)  # uvicorn spawns its workers with this socket
             fmt = "%s://[%s]:%d" if family == socket.AF_INET6 else "%s://%s:%d"
             logger.info(
                 f"Uvicorn running on {fmt} (Press CTRL+C to quit)",

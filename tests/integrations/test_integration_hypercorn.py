@@ -40,8 +40,9 @@ def _bind(host: str, port: int = 0) -> str:
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
-def test_run_with_two_workers_is_exclusive(same_user_attacker: Attacker) -> None:
-    args = [PY, "hypercorn_app.py", "--bind", "127.0.0.1:0", "--workers", "2"]
+@pytest.mark.parametrize("host", ["127.0.0.1", "0.0.0.0"])  # 0.0.0.0: a held wildcard listener, pickled for the workers
+def test_run_with_two_workers_is_exclusive(same_user_attacker: Attacker, host: str) -> None:
+    args = [PY, "hypercorn_app.py", "--bind", f"{host}:0", "--workers", "2"]
     with ServerProcess(args) as server:
         port = int(server.wait_for(RUNNING, count=2).group(2))
         assert http_get("127.0.0.1", port)[0] == 200
