@@ -201,17 +201,45 @@ def _policy_base() -> type:
         return asyncio.DefaultEventLoopPolicy
 
 
+class _ExclusivePolicy:
+    """`ExclusiveEventLoopPolicy`'s own part, mixed in before asyncio's default policy.
+
+    Written once here, for the class built on first use and for type checkers alike.
+    """
+
+    def __init__(
+        self,
+        base: str | type | None = None,
+        *,
+        allow_reuse_port: bool = False,
+        strict: bool = False,
+        bind_retry: tuple[int, float] | None = None,
+    ) -> None:
+        if sys.version_info >= (3, 14):
+            warnings.warn(
+                "event loop policies are deprecated since Python 3.14; use "
+                "asyncio.run(main, loop_factory=aioexclusive.new_event_loop) or aioexclusive.run(main)",
+                DeprecationWarning,
+                stacklevel=2,
+            )
+        options = _options("ExclusiveEventLoopPolicy", allow_reuse_port, strict, bind_retry)
+        self._loop_class = exclusive_loop_class(resolve_base(base))
+        self._options = options
+        super().__init__()
+
+    def new_event_loop(self) -> asyncio.AbstractEventLoop:
+        options = self._options
+        return new_event_loop(
+            self._loop_class,
+            allow_reuse_port=options.allow_reuse_port,
+            strict=options.strict,
+            bind_retry=options.bind_retry,
+        )
+
+
 if TYPE_CHECKING:
 
-    class ExclusiveEventLoopPolicy(asyncio.DefaultEventLoopPolicy):
-        def __init__(
-            self,
-            base: str | type | None = None,
-            *,
-            allow_reuse_port: bool = False,
-            strict: bool = False,
-            bind_retry: tuple[int, float] | None = None,
-        ) -> None: ...
+    class ExclusiveEventLoopPolicy(_ExclusivePolicy, asyncio.DefaultEventLoopPolicy): ...
 
 else:
 
@@ -226,42 +254,13 @@ else:
 
 
 def _make_policy_class() -> type:
-    class ExclusiveEventLoopPolicy(_policy_base()):  # type: ignore[misc]
+    class ExclusiveEventLoopPolicy(_ExclusivePolicy, _policy_base()):  # type: ignore[misc]
         """An event-loop policy whose loops are exclusive.
 
         ``asyncio.set_event_loop_policy(aioexclusive.ExclusiveEventLoopPolicy())``
         then ``asyncio.run(main())``. Policies are deprecated from Python 3.14:
         prefer ``loop_factory=aioexclusive.new_event_loop``.
         """
-
-        def __init__(
-            self,
-            base: str | type | None = None,
-            *,
-            allow_reuse_port: bool = False,
-            strict: bool = False,
-            bind_retry: tuple[int, float] | None = None,
-        ) -> None:
-            if sys.version_info >= (3, 14):
-                warnings.warn(
-                    "event loop policies are deprecated since Python 3.14; use "
-                    "asyncio.run(main, loop_factory=aioexclusive.new_event_loop) or aioexclusive.run(main)",
-                    DeprecationWarning,
-                    stacklevel=2,
-                )
-            options = _options("ExclusiveEventLoopPolicy", allow_reuse_port, strict, bind_retry)
-            self._loop_class = exclusive_loop_class(resolve_base(base))
-            self._options = options
-            super().__init__()
-
-        def new_event_loop(self) -> asyncio.AbstractEventLoop:
-            options = self._options
-            return new_event_loop(
-                self._loop_class,
-                allow_reuse_port=options.allow_reuse_port,
-                strict=options.strict,
-                bind_retry=options.bind_retry,
-            )
 
     ExclusiveEventLoopPolicy.__module__ = "aioexclusive"
     return ExclusiveEventLoopPolicy

@@ -52,6 +52,7 @@ import os
 import socket
 import sys
 from dataclasses import asdict, dataclass
+from collections.abc import Callable
 from typing import Any
 
 from .attack import NOBODY, Agent, attempt, option_sets, resolve_user
@@ -137,19 +138,9 @@ def _addresses(host: str, port: int, proto: str) -> list[str]:
     return found
 
 
-def _run(
-    identity: Identity,
-    proto: str,
-    address: str,
-    port: int,
-    options: tuple[str, ...],
-    listen: bool,
-    v6only: bool = True,
-    prime: dict[str, Any] | None = None,
-) -> dict[str, Any]:
-    if identity.agent is None:
-        return attempt(proto, address, port, options, listen=listen, v6only=v6only, prime=prime)
-    return identity.agent.attempt(proto, address, port, options, listen=listen, v6only=v6only, prime=prime)
+def _attempt_as(identity: Identity) -> Callable[..., dict[str, Any]]:
+    """`attack.attempt` with *identity*: in this process, or the same call in its agent process."""
+    return attempt if identity.agent is None else identity.agent.attempt
 
 
 @dataclass(frozen=True)
@@ -212,7 +203,7 @@ def _plans(address: str, proto: str) -> list[_Plan]:
 
 def _presence(me: Identity, proto: str, address: str, port: int) -> str | None:
     """Why nothing is there to audit on *address*, or ``None`` if a service holds it (see the module docstring)."""
-    plain = _run(me, proto, address, port, (), listen=False)
+    plain = _attempt_as(me)(proto, address, port, (), listen=False)
     if plain["bound"]:
         return f"nothing is bound to {address} port {port} ({proto.upper()})"
     if plain["error"] == "EADDRNOTAVAIL":
@@ -225,7 +216,7 @@ def _presence(me: Identity, proto: str, address: str, port: int) -> str | None:
     if plain["error"] != "EADDRINUSE":
         raise ProbeError(f"cannot probe {address} port {port}: bind failed with {plain['error']}")
     if proto == "tcp" and ON_LINUX and hasattr(socket, "SO_REUSEADDR"):
-        lone = _run(me, proto, address, port, ("SO_REUSEADDR",), listen=True)
+        lone = _attempt_as(me)(proto, address, port, ("SO_REUSEADDR",), listen=True)
         if lone["listened"]:
             return f"nothing is listening on {address} port {port} (TCP); only connections or TIME_WAIT hold it"
     return None
@@ -434,7 +425,9 @@ def probe(host: str, port: int, *, udp: bool = False, users: list[str] | None = 
                     prime = None
                     if plan.prime is not None:
                         prime = {"host": plan.prime[0], "options": list(plan.prime[2]), "v6only": plan.prime[1]}
-                    r = _run(identity, proto, plan.target, port, plan.options, plan.listen, plan.v6only, prime)
+                    r = _attempt_as(identity)(
+                        proto, plan.target, port, plan.options, listen=plan.listen, v6only=plan.v6only, prime=prime
+                    )
                     attempts.append(
                         Attempt(
                             user=identity.label,
