@@ -62,7 +62,7 @@ def base_class(base: str) -> type:
     if base == "uvloop":
         import uvloop
 
-        return uvloop.Loop  # type: ignore[no-any-return]
+        return uvloop.Loop
     return asyncio.SelectorEventLoop
 
 
@@ -394,8 +394,9 @@ def test_create_server_sock_matches_the_base_loop(
         sock = make_sock(spec, path)
         socks.append(sock)
         loop = asyncio.get_running_loop()
+        port: Any = 0 if with_port else None  # port= next to sock= is what is compared
         server = await loop.create_server(
-            asyncio.Protocol, sock=sock, port=0 if with_port else None, reuse_port=reuse_port, start_serving=start_serving
+            asyncio.Protocol, sock=sock, port=port, reuse_port=reuse_port, start_serving=start_serving
         )
         return await _server_summary(server, None)
 
@@ -660,6 +661,7 @@ def test_cancellation_at_every_await_leaves_nothing(base: str, kind: str) -> Non
         await warm_server.wait_closed()
         await asyncio.sleep(0)
         before = open_fds()
+        task: asyncio.Future[Any]
         if kind.startswith("server"):
             hosts = ["127.0.0.1", "::1"] if kind == "server-two" and HAVE_IPV6 else "127.0.0.1"
             task = asyncio.ensure_future(loop.create_server(asyncio.Protocol, hosts, 0))
@@ -764,7 +766,7 @@ def test_no_usable_address_follows_the_running_python() -> None:
             # 192.0.2.1 (TEST-NET-1) is on no interface here: bind says EADDRNOTAVAIL.
             return socket.getaddrinfo("192.0.2.1", port, socket.AF_INET, socket.SOCK_STREAM)
 
-        loop.getaddrinfo = unavailable
+        setattr(loop, "getaddrinfo", unavailable)  # a program's own resolver, as CPython's tests do
         return await _server_summary(await loop.create_server(asyncio.Protocol, "unavailable.test", 0), None)
 
     plain, exclusive = both("asyncio", call)
@@ -786,7 +788,7 @@ def test_a_replaced_getaddrinfo_is_asked_for_the_wildcard() -> None:
             asked.append(host)
             return socket.getaddrinfo("127.0.0.1", port, socket.AF_INET, socket.SOCK_STREAM)
 
-        loop.getaddrinfo = resolver
+        setattr(loop, "getaddrinfo", resolver)
         summary = await _server_summary(await loop.create_server(asyncio.Protocol, "", 0), None)
         return asked, summary
 

@@ -8,6 +8,7 @@ installs the guard, so the attacker binds unguarded, as a real one would.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import select
@@ -1006,12 +1007,9 @@ def test_bad_arguments_are_refused_before_anything_is_installed(kwargs: dict[str
 
 def _build_wheel(dest: Path) -> Path:
     command = [sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(dest), str(ROOT)]
-    try:
-        import hatchling  # noqa: F401
-
+    # Without hatchling here, pip fetches it into an isolated build environment.
+    if importlib.util.find_spec("hatchling") is not None:
         command.insert(4, "--no-build-isolation")
-    except ImportError:
-        pass  # pip fetches hatchling into an isolated build environment
     proc = subprocess.run(command, check=False, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, f"building the wheel failed:\n{proc.stdout}\n{proc.stderr}"
     (wheel,) = dest.glob("aioexclusive-*.whl")

@@ -245,7 +245,7 @@ def test_abstract_names_are_unaffected(base: str, no_fd_leak: None) -> None:
 def test_bad_arguments_leave_no_file(base: str, path: str, no_fd_leak: None) -> None:
     async def main() -> None:
         with pytest.raises(TypeError):
-            await asyncio.get_running_loop().create_unix_server(asyncio.Protocol, path, ssl=True)  # type: ignore[arg-type]
+            await asyncio.get_running_loop().create_unix_server(asyncio.Protocol, path, ssl=True)
 
     run(main(), base)
     assert not os.path.exists(path)

@@ -15,9 +15,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import importlib
 import os
 import sys
 import unittest
+from typing import Any
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 # The package from this tree, also for an interpreter it is not installed in.
@@ -56,11 +58,11 @@ def swap_in_exclusive_loop() -> type:
 
     base = asyncio.SelectorEventLoop
     exclusive = exclusive_loop_class(base)
-    asyncio.SelectorEventLoop = exclusive  # type: ignore[misc]
+    asyncio.SelectorEventLoop = exclusive
     if sys.platform != "win32":
         import asyncio.unix_events as unix_events
 
-        unix_events.SelectorEventLoop = exclusive  # type: ignore[misc]
+        unix_events.SelectorEventLoop = exclusive
         unix_events.DefaultEventLoopPolicy._loop_factory = exclusive  # type: ignore[attr-defined]
     return exclusive
 
@@ -74,7 +76,7 @@ def apply_skips(suite: unittest.TestSuite, skips: dict[str, str], used: set[str]
         for key, reason in skips.items():
             if test_id == key or test_id.startswith(key + "."):
                 used.add(key)
-                method = getattr(test, test._testMethodName)  # type: ignore[attr-defined]
+                method = getattr(test, test._testMethodName)
                 setattr(test, test._testMethodName, unittest.skip(f"aioexclusive: {reason}")(method))
                 break
 
@@ -86,8 +88,9 @@ def main() -> int:
     parser.add_argument("modules", nargs="*", help="test_asyncio modules (default: the issue's seven)")
     args = parser.parse_args()
     try:
-        import test.test_asyncio  # noqa: F401
-        from test import support
+        # By name: CPython's own test package, which distribution builds often leave out (no stubs either).
+        importlib.import_module("test.test_asyncio")
+        support: Any = importlib.import_module("test.support")
     except ImportError:
         print("this Python has no test.test_asyncio package; nothing to run")
         return 1 if args.require else 0

@@ -9,11 +9,12 @@ import asyncio
 import os
 import sys
 
-import aiocoap
-import aiocoap.resource as resource
+# aiocoap ships no type information.
+import aiocoap  # type: ignore[import-untyped]
+import aiocoap.resource as resource  # type: ignore[import-untyped]
 
 
-class Pid(resource.Resource):
+class Pid(resource.Resource):  # type: ignore[misc]  # a class of an untyped package
     async def render_get(self, request: aiocoap.Message) -> aiocoap.Message:
         return aiocoap.Message(payload=b"pid %d" % os.getpid())
 

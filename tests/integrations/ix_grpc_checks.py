@@ -37,8 +37,15 @@ try:
 except Exception as exc:  # noqa: BLE001
     out["other_failure"] = [type(exc).__name__, isinstance(exc, OSError)]
 
-for name, make in (("sync_share", lambda: server(None, options=[("grpc.so_reuseport", 1)])),
-                   ("aio_share", lambda: aio_server(options=(("grpc.so_reuseport", True),)))):
+def sync_share() -> object:
+    return server(None, options=[("grpc.so_reuseport", 1)])
+
+
+def aio_share() -> object:
+    return aio_server(options=(("grpc.so_reuseport", True),))
+
+
+for name, make in (("sync_share", sync_share), ("aio_share", aio_share)):
     try:
         make()
     except ExclusivityError as exc:

@@ -11,7 +11,9 @@ import pytest
 from attacker import Attacker
 
 pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="POSIX servers signalled with SIGINT; forked attacker")
-web = pytest.importorskip("aiohttp.web")
+pytest.importorskip("aiohttp.web")
+
+from aiohttp import web  # noqa: E402
 
 import aioexclusive  # noqa: E402
 from aioexclusive import AddressInUseError, ExclusivityError  # noqa: E402

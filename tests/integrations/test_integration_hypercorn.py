@@ -11,7 +11,9 @@ import pytest
 from attacker import Attacker
 
 pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="POSIX servers signalled with SIGINT; forked attacker")
-hypercorn_config = pytest.importorskip("hypercorn.config")
+pytest.importorskip("hypercorn.config")
+
+import hypercorn.config as hypercorn_config  # noqa: E402
 
 from aioexclusive import AddressInUseError, ExclusivityError  # noqa: E402
 from ix_support import (  # noqa: E402
@@ -95,7 +97,7 @@ def test_workers_tcp_socket_options(exclusive: bool, same_user_attacker: Attacke
         _close(sockets)
 
 
-def _quic_config(cls: type) -> hypercorn_config.Config:
+def _quic_config(cls: type[hypercorn_config.Config]) -> hypercorn_config.Config:
     config = cls()
     # ssl_enabled only checks that both are set; create_sockets never reads them.
     config.certfile, config.keyfile = "cert.pem", "key.pem"

@@ -20,7 +20,7 @@ import pytest
 from attacker import Attacker
 
 pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="fork_processes, SIGINT and the forked attacker: POSIX")
-tornado = pytest.importorskip("tornado")
+pytest.importorskip("tornado")
 
 import tornado.netutil  # noqa: E402
 import tornado.web  # noqa: E402
