@@ -586,11 +586,7 @@ def _wrap_listen() -> None:
                 _local.busy = False
         return inner(self, *args)
 
-    listen.__doc__ = inner.__doc__
-    listen.__qualname__ = "socket.listen"
-    listen.__wrapped__ = inner  # type: ignore[attr-defined]
-    listen.__aioexclusive_guard__ = True  # type: ignore[attr-defined]
-    setattr(socket.socket, "listen", listen)  # noqa: B010 - mypy rejects assigning to a method
+    _guard_holds.put_on_socket_class("listen", listen, inner, "__aioexclusive_guard__")
 
 
 # --------------------------------------------------------------------------- late setsockopt
@@ -628,14 +624,7 @@ def _wrap_setsockopt() -> None:
                 return None  # enforce: the option stays off, the socket exclusive
         return inner(self, *args)
 
-    setsockopt.__doc__ = inner.__doc__
-    setsockopt.__qualname__ = "socket.setsockopt"
-    setsockopt.__wrapped__ = inner  # type: ignore[attr-defined]
-    setsockopt.__aioexclusive_guard__ = True  # type: ignore[attr-defined]
-    # The Python class, not _socket.socket (a C type cannot be changed): that is
-    # the attribute sock.setsockopt finds for socket.socket, its subclasses
-    # (ssl.SSLSocket) and asyncio's TransportSocket, which forwards to it.
-    setattr(socket.socket, "setsockopt", setsockopt)  # noqa: B010 - mypy rejects assigning to a method
+    _guard_holds.put_on_socket_class("setsockopt", setsockopt, inner, "__aioexclusive_guard__")
 
 
 def _late_option(sock: Any, args: tuple[Any, ...]) -> bool:

@@ -467,13 +467,24 @@ def install(
         ("detach", detach, inner_detach),
     )
     for name, wrapper, inner in wrappers:
-        wrapper.__doc__ = inner.__doc__
-        wrapper.__qualname__ = f"socket.{name}"
-        wrapper.__wrapped__ = inner
         # Not __aioexclusive_guard__: _guard's own listen wrapper checks that
         # marker to wrap only once, and must still wrap over this one.
-        wrapper.__aioexclusive_holds__ = True
-        setattr(socket.socket, name, wrapper)
+        put_on_socket_class(name, wrapper, inner, "__aioexclusive_holds__")
+
+
+def put_on_socket_class(name: str, wrapper: Any, inner: Any, marker: str) -> None:
+    """Make *wrapper* ``socket.socket.<name>``, documented as *inner* and marked with *marker*.
+
+    The Python class, not ``_socket.socket`` (a C type cannot be changed):
+    that is the attribute ``sock.<name>`` finds for ``socket.socket``, its
+    subclasses (``ssl.SSLSocket``) and asyncio's ``TransportSocket``, which
+    forwards to it. The marker lets each wrapper be installed only once.
+    """
+    wrapper.__doc__ = inner.__doc__
+    wrapper.__qualname__ = f"socket.{name}"
+    wrapper.__wrapped__ = inner
+    setattr(wrapper, marker, True)
+    setattr(socket.socket, name, wrapper)
 
 
 def _caller() -> FrameType:
