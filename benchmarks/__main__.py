@@ -171,34 +171,26 @@ def main(argv: list[str] | None = None) -> int:
         if "throughput" in selected:
             step(f"{base}: TCP echo throughput")
             results.append(tcp.throughput(base, mode.pairs, total=mode.stream_bytes))
+        # With mode.control, each data-path case runs a second time as its A/A control.
+        controls = (False, True) if mode.control else (False,)
         if "requests" in selected:
-            step(f"{base}: TCP request rate")
-            results.append(
-                tcp.request_rate(
-                    base, mode.pairs, connections=mode.connections, per_connection=mode.requests_per_connection
-                )
-            )
-            if mode.control:
-                step(f"{base}: TCP request rate, A/A control")
+            for control in controls:
+                step(f"{base}: TCP request rate" + (", A/A control" if control else ""))
                 results.append(
                     tcp.request_rate(
                         base,
                         mode.pairs,
                         connections=mode.connections,
                         per_connection=mode.requests_per_connection,
-                        control=True,
+                        control=control,
                     )
                 )
         if "udp" in selected:
-            step(f"{base}: UDP ping-pong")
-            results.append(
-                udp.ping_pong(base, mode.pairs, clients=mode.udp_clients, per_client=mode.udp_round_trips)
-            )
-            if mode.control:
-                step(f"{base}: UDP ping-pong, A/A control")
+            for control in controls:
+                step(f"{base}: UDP ping-pong" + (", A/A control" if control else ""))
                 results.append(
                     udp.ping_pong(
-                        base, mode.pairs, clients=mode.udp_clients, per_client=mode.udp_round_trips, control=True
+                        base, mode.pairs, clients=mode.udp_clients, per_client=mode.udp_round_trips, control=control
                     )
                 )
         if "create_server" in selected:

@@ -208,7 +208,11 @@ def compare(
 
     With *control*, both sides run the plain loop (an A/A test): the spread of
     its ratios is the noise floor, what a comparison shows when nothing differs.
+    Its row is labelled as such and has no target.
     """
+    if control:
+        result.case += ", A/A control: plain vs plain"
+        result.target = None
 
     def metric(seconds: float) -> float:
         seconds = max(seconds, 1e-9)

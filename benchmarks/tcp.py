@@ -165,11 +165,11 @@ def request_rate(
 
     result = Result(
         "TCP request rate",
-        f"({size} B, {connections} conns)" + (", A/A control: plain vs plain" if control else ""),
+        f"({size} B, {connections} conns)",
         base,
         "req/s",
         higher_is_better=True,
-        target=None if control else 0.99,
+        target=0.99,
         extra={"connections": connections, "requests_per_connection": per_connection, "request_bytes": size},
     )
     return compare(result, pairs, workload, connections * per_connection, control=control)
