@@ -183,6 +183,15 @@ def assert_attacker_cannot_listen(attacker: Attacker, host: str, port: int) -> N
             assert not result.ok, f"attacker listened on [{address}]:{port} with {options}"
 
 
+def assert_serves_exclusively(attacker: Attacker, host: str, port: int) -> None:
+    """A real request is answered by an exclusive loop; *attacker* cannot listen on the port; the server still answers."""
+    status, body = http_get(host, port)
+    assert status == 200
+    assert_exclusive_answer(body)
+    assert_attacker_cannot_listen(attacker, host, port)
+    assert http_get(host, port)[0] == 200
+
+
 def assert_attacker_cannot_bind_udp(attacker: Attacker, host: str, port: int) -> None:
     family = family_of(host)
     for options in ATTACKS:

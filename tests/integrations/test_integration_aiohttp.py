@@ -22,10 +22,9 @@ from ix_support import (  # noqa: E402
     PY,
     LiveUnixServer,
     ServerProcess,
-    assert_attacker_cannot_listen,
     assert_exclusive_answer,
+    assert_serves_exclusively,
     free_port,
-    http_get,
     http_get_unix,
 )
 
@@ -33,22 +32,15 @@ from ix_support import (  # noqa: E402
 def test_app_runner_example(same_user_attacker: Attacker) -> None:
     with ServerProcess([PY, "aiohttp_app.py", "--port", "0"]) as server:
         port = int(server.wait_for(r"serving on http://127\.0\.0\.1:(\d+)").group(1))
-        status, body = http_get("127.0.0.1", port)
-        assert status == 200
-        assert_exclusive_answer(body)  # includes TCPSite(reuse_port=True) refused
-        assert_attacker_cannot_listen(same_user_attacker, "127.0.0.1", port)
-        assert http_get("127.0.0.1", port)[0] == 200
+        # The answer includes TCPSite(reuse_port=True) refused.
+        assert_serves_exclusively(same_user_attacker, "127.0.0.1", port)
 
 
 def test_run_app_with_exclusive_loop(same_user_attacker: Attacker) -> None:
     port = free_port()
     with ServerProcess([PY, "aiohttp_app.py", "--run-app", "--port", str(port)]) as server:
         server.wait_for(r"Running on http://127\.0\.0\.1:")
-        status, body = http_get("127.0.0.1", port)
-        assert status == 200
-        assert_exclusive_answer(body)
-        assert_attacker_cannot_listen(same_user_attacker, "127.0.0.1", port)
-        assert http_get("127.0.0.1", port)[0] == 200
+        assert_serves_exclusively(same_user_attacker, "127.0.0.1", port)
 
 
 def test_tcpsite_inside_aioexclusive_run() -> None:

@@ -27,7 +27,7 @@ from ix_support import (  # noqa: E402
     ServerProcess,
     assert_attacker_cannot_bind_udp,
     assert_attacker_cannot_listen,
-    assert_exclusive_answer,
+    assert_serves_exclusively,
     attacker_steals,
     http_get,
     sharing_options,
@@ -65,11 +65,7 @@ def test_control_plain_config_two_workers_is_hijacked(same_user_attacker: Attack
 def test_serve_in_aioexclusive_run(host: str, same_user_attacker: Attacker) -> None:
     with ServerProcess([PY, "hypercorn_app.py", "--bind", _bind(host)]) as server:
         port = int(server.wait_for(RUNNING).group(2))
-        status, body = http_get(host, port)
-        assert status == 200
-        assert_exclusive_answer(body)
-        assert_attacker_cannot_listen(same_user_attacker, host, port)
-        assert http_get(host, port)[0] == 200
+        assert_serves_exclusively(same_user_attacker, host, port)
 
 
 def _close(sockets: hypercorn_config.Sockets) -> None:

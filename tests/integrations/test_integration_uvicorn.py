@@ -24,6 +24,7 @@ from ix_support import (  # noqa: E402
     ServerProcess,
     assert_attacker_cannot_listen,
     assert_exclusive_answer,
+    assert_serves_exclusively,
     http_get,
     http_get_unix,
     sharing_options,
@@ -37,11 +38,7 @@ def test_cli_loop_factory_serves_exclusively(host: str, same_user_attacker: Atta
     args = [PY, "-m", "uvicorn", "uvicorn_app:app", "--loop", "aioexclusive:new_event_loop"]
     with ServerProcess([*args, "--host", host, "--port", "0"]) as server:
         port = int(server.wait_for(RUNNING).group(2))
-        status, body = http_get(host, port)
-        assert status == 200
-        assert_exclusive_answer(body)
-        assert_attacker_cannot_listen(same_user_attacker, host, port)
-        assert http_get(host, port)[0] == 200
+        assert_serves_exclusively(same_user_attacker, host, port)
 
 
 def test_contrib_run_with_workers(same_user_attacker: Attacker) -> None:
