@@ -21,7 +21,8 @@ if TYPE_CHECKING:
     from . import lowlevel as lowlevel  # for type checkers: aioexclusive.lowlevel.X
     from ._entry import ExclusiveEventLoopPolicy
     from ._guard import guard
-    from ._multicast import Multicast, MulticastTransport
+    from ._multicast import MulticastTransport
+    from ._multicast_plan import Multicast
     from ._restart import GracefulShutdown, ShutdownResult, retry_bind
 
 # Loaded on first use: multicast and the process-wide guard are opt-ins, and
@@ -31,7 +32,7 @@ if TYPE_CHECKING:
 _LAZY = {
     "ExclusiveEventLoopPolicy": "._entry",
     "guard": "._guard",
-    "Multicast": "._multicast",
+    "Multicast": "._multicast_plan",
     "MulticastTransport": "._multicast",
     "GracefulShutdown": "._restart",
     "ShutdownResult": "._restart",

@@ -19,6 +19,7 @@ import warnings
 from collections.abc import Iterable, Sequence
 from typing import Any, Union
 
+from ._bases import is_libuv
 from ._errors import AddressInUseError, ExclusivityError, ExclusivityWarning, InvalidPortError, is_address_in_use
 from . import _wildcard
 from ._plan import SHARING_OPTIONS, SO_EXCLUSIVEADDRUSE, BindPlan, Role, audit_socket_options, make_plan
@@ -40,7 +41,6 @@ __all__ = [
     "translate_bind_error",
 ]
 
-builtins_type = type
 AddrInfo = tuple[socket.AddressFamily, socket.SocketKind, int, str, Any]
 HostArg = Union[str, Sequence[str], None]
 
@@ -174,13 +174,6 @@ def _ip_literal(host: str) -> tuple[socket.AddressFamily, str] | None:
     return None
 
 
-def type_of_libuv_loop(loop: object) -> bool:
-    """Is *loop* uvloop's or winloop's (whose servers resolve with libuv's getaddrinfo)?"""
-    return builtins_type(loop).__module__.partition(".")[0] in ("uvloop", "winloop") or any(
-        cls.__module__.partition(".")[0] in ("uvloop", "winloop") for cls in builtins_type(loop).__mro__
-    )
-
-
 def _own_getaddrinfo(loop: Any) -> bool:
     """Is ``loop.getaddrinfo`` asyncio's own (not replaced on the instance or in a subclass)?"""
     return "getaddrinfo" not in vars(loop) and getattr(type(loop), "getaddrinfo", None) is asyncio.BaseEventLoop.getaddrinfo
@@ -248,7 +241,7 @@ async def resolve(
             infos = socket.getaddrinfo(host, port, family, type, proto, flags)
         else:
             infos = await ensure_resolved((host, port), family=family, type=type, proto=proto, flags=flags, loop=loop)
-    elif type_of_libuv_loop(loop):
+    elif is_libuv(loop):
         # uvloop's create_server/create_datagram_endpoint resolve with its
         # internal _getaddrinfo (libuv's, i.e. the C library's getaddrinfo),
         # not with the public loop.getaddrinfo, which has an int() fast path

@@ -9,7 +9,6 @@ on), the mixin avoids or undoes that, as commented at each place.
 
 from __future__ import annotations
 
-import _socket
 import asyncio
 import functools
 import socket
@@ -22,19 +21,16 @@ from ._binding import (
     _BIND_MESSAGE_STR,
     bind_message_from_str,
     audit_socket,
-    bind_now,
     check_port,
-    clear_forbidden_options,
     hosts_of,
     kernel_kind,
     listen_at_adoption,
-    new_socket,
     numeric_addrinfo,
     open_bound_sockets,
     resolve,
-    translate_bind_error,
 )
-from ._errors import ExclusivityError, is_address_in_use
+from ._bases import libuv_server_class, libuv_sets_reuse
+from ._datagram import DatagramBase, adopt_given_socket, open_endpoint, resolve_endpoint
 from ._plan import BindPlan, Role, make_plan
 from ._server import MultiServer
 
@@ -116,8 +112,7 @@ class ExclusiveLoopMixin(_LoopBase):
     """
 
     _exclusive_options: ClassVar[LoopOptions] = LoopOptions()
-    # Is the base libuv on POSIX, which turns SO_REUSEADDR on by itself: on UDP
-    # sockets it adopts (uv_udp_open) and on TCP sockets it binds (uv__tcp_bind)?
+    # Does the base turn SO_REUSEADDR on by itself (_bases.libuv_sets_reuse)?
     _exclusive_libuv_sets_reuse: ClassVar[bool] = False
 
     @property
@@ -286,14 +281,13 @@ class ExclusiveLoopMixin(_LoopBase):
             if start_serving:
                 server._start_serving()  # type: ignore[attr-defined]  # asyncio.Server internals, the stdlib base only
             return server
-        for cls in type(self).__mro__:
+        server_class = libuv_server_class(self)
+        if server_class is not None:
             # uvloop/winloop: their own Server class, empty (it is serving once started, as theirs is).
-            server_class = getattr(sys.modules.get(cls.__module__), "Server", None)
-            if cls.__module__.partition(".")[0] in ("uvloop", "winloop") and server_class is not None:
-                empty = server_class(self)
-                if start_serving:
-                    await empty.start_serving()
-                return empty
+            empty = server_class(self)
+            if start_serving:
+                await empty.start_serving()
+            return empty
         return MultiServer(self, [])
 
     # -- UDP -----------------------------------------------------------------
@@ -331,297 +325,57 @@ class ExclusiveLoopMixin(_LoopBase):
             if not reuse_address and sock is None and not stdlib:
                 # uvloop warns first thing; asyncio (3.10) once the addresses are resolved, below.
                 warnings.warn(_REUSE_ADDRESS_DEPRECATED["uvloop"], DeprecationWarning, stacklevel=2)
+        base = self._exclusive_datagram_base()
         if multicast is not None and multicast is not False:
             # An opt-in: its module is loaded on first use (see __init__).
             from ._multicast import create_multicast_endpoint
 
             return await create_multicast_endpoint(
-                self, super().create_datagram_endpoint, protocol_factory, local_addr, remote_addr, multicast,
+                base, protocol_factory, local_addr, remote_addr, multicast,
                 family=family, proto=proto, flags=flags, reuse_address=reuse_address is True,
                 reuse_port=reuse_port, allow_broadcast=allow_broadcast, sock=sock,
             )
-        base_create = super().create_datagram_endpoint
-        inet = (socket.AF_INET, socket.AF_INET6)
-        sock_kind = kernel_kind(sock) if sock is not None else None
-        is_unix = family == getattr(socket, "AF_UNIX", None) or (sock_kind is not None and sock_kind[0] not in inet)
-        extra = {} if reuse_address is _UNSET else {"reuse_address": reuse_address}
-        plan = self._plan(
-            Role.UDP_UNICAST, reuse_address=reuse_address is True, reuse_port=reuse_port, address=local_addr
+        # Refusals first (reuse_port=True, reuse_address=True), whatever else is passed.
+        plan = base.plan(Role.UDP_UNICAST, reuse_address=reuse_address is True, reuse_port=reuse_port, address=local_addr)
+        passed = dict(
+            family=family, proto=proto, flags=flags, reuse_port=reuse_port, allow_broadcast=allow_broadcast
         )
-
+        if reuse_address is not _UNSET:
+            passed["reuse_address"] = reuse_address
         if sock is not None:
             # With allow_reuse_port the caller may hand over a socket it shares on purpose.
-            plan = self._plan(Role.UDP_UNICAST, reuse_port=self._allow_shared_sock())
-            factory = protocol_factory
-            if not is_unix and sock_kind is not None and sock_kind[1] == socket.SOCK_DGRAM:
-                audit_socket(sock, plan)
-                if self._exclusive_libuv_sets_reuse:
-                    if _is_bound(sock):
-                        # uv_udp_open turns SO_REUSEADDR on before any code of ours
-                        # runs again: for that moment any user's SO_REUSEADDR socket
-                        # can join the port, and a process looping on bind does.
-                        raise ExclusivityError(
-                            "uvloop makes a bound UDP socket passed as sock= shareable by every user "
-                            "(libuv's uv_udp_open sets SO_REUSEADDR on it) before it can be switched off; "
-                            "pass local_addr=(host, port) instead, and the exclusive loop binds it with no window"
-                        )
-                    # Unbound: uv_udp_open's option is switched off in the factory,
-                    # which uvloop calls before the loop runs again, and before
-                    # anything can bind the socket.
-                    factory = functools.partial(_clear_then_build, sock, plan, protocol_factory)
-            return await base_create(
-                factory,
-                local_addr,
-                remote_addr,
-                family=family,
-                proto=proto,
-                flags=flags,
-                reuse_port=reuse_port,
-                allow_broadcast=allow_broadcast,
-                sock=sock,
-                **extra,
+            return await adopt_given_socket(
+                base, protocol_factory, sock, kernel_kind(sock), self._allow_shared_sock(),
+                local_addr=local_addr, remote_addr=remote_addr, **passed,
             )
-
-        if is_unix:
-            if isinstance(self, asyncio.BaseEventLoop) and isinstance(local_addr, str) and not reuse_port:
+        if family == getattr(socket, "AF_UNIX", None):
+            if stdlib and isinstance(local_addr, str) and not reuse_port:
                 from ._unix import create_unix_datagram_endpoint, guards_path
 
                 if guards_path(local_addr):
                     # asyncio removes a live datagram server's socket file here;
                     # bind the path by the AF_UNIX rules instead (_unix.py).
-                    self._exclusive_check_open()
+                    base.check_open()
                     return await create_unix_datagram_endpoint(
-                        self, protocol_factory, local_addr, remote_addr, proto=proto, allow_broadcast=allow_broadcast
+                        base, protocol_factory, local_addr, remote_addr, proto=proto, allow_broadcast=allow_broadcast
                     )
-            return await base_create(
-                protocol_factory, local_addr, remote_addr, family=family, proto=proto, flags=flags,
-                reuse_port=reuse_port, allow_broadcast=allow_broadcast, **extra,
-            )
-        self._exclusive_check_open()
-        candidates = await self._exclusive_datagram_candidates(local_addr, remote_addr, family, proto, flags)
+            return await base.create(protocol_factory, local_addr, remote_addr, **passed)
+        base.check_open()
+        candidates = await resolve_endpoint(base, local_addr, remote_addr, family, proto, flags)
         if stdlib and reuse_address is not _UNSET and not reuse_address:
             warnings.warn(_REUSE_ADDRESS_DEPRECATED["asyncio"], DeprecationWarning, stacklevel=2)
-        errors: list[OSError] = []
-        for (fam, pro), (local, remote) in candidates:
-            try:
-                return await self._exclusive_open_datagram(
-                    protocol_factory, plan, fam, pro, local, remote, bool(allow_broadcast)
-                )
-            except OSError as exc:
-                errors.append(exc)
-        raise errors[0]
+        return await open_endpoint(base, protocol_factory, plan, candidates, bool(allow_broadcast))
 
-    async def _exclusive_datagram_candidates(
-        self, local_addr: Any, remote_addr: Any, family: int, proto: int, flags: int
-    ) -> list[tuple[tuple[int, int], list[Any]]]:
-        """(family, protocol) -> [local, remote] pairs, resolved and matched as asyncio does."""
-        if local_addr is None and remote_addr is None:
-            # asyncio refuses only family 0 here (socket() judges the rest); uvloop any non-IP family.
-            if family == 0 or (
-                not isinstance(self, asyncio.BaseEventLoop) and family not in (socket.AF_INET, socket.AF_INET6)
-            ):
-                raise ValueError("unexpected address family")
-            # uvloop makes this socket with the family alone; asyncio passes proto to socket().
-            return [((family, proto if isinstance(self, asyncio.BaseEventLoop) else 0), [None, None])]
-        pairs: dict[tuple[int, int], list[Any]] = {}
-        stdlib = isinstance(self, asyncio.BaseEventLoop)
-        for index, addr in ((0, local_addr), (1, remote_addr)):
-            if addr is None:
-                continue
-            # Each address is checked right before it is resolved, with the
-            # base loop's own test and words (uvloop also takes a list).
-            name = ("local_addr", "remote_addr")[index]
-            if stdlib and not (isinstance(addr, tuple) and len(addr) == 2):
-                # An assert in asyncio before 3.11, a TypeError since.
-                raise (TypeError if sys.version_info >= (3, 11) else AssertionError)("2-tuple is expected")
-            if not stdlib and not (isinstance(addr, (tuple, list)) and len(addr) == 2):
-                raise TypeError(f"{name} must be a tuple of (host, port)")
-            for fam, _, pro, _, sockaddr in await resolve(
-                self, addr[0], addr[1], family=family, type=socket.SOCK_DGRAM, proto=proto, flags=flags,
-                name=f"{name} port",
-            ):
-                pairs.setdefault((fam, pro), [None, None])[index] = sockaddr
-        candidates = [
-            (key, pair)
-            for key, pair in pairs.items()
-            if not ((local_addr is not None and pair[0] is None) or (remote_addr is not None and pair[1] is None))
-        ]
-        if not candidates:
-            raise ValueError("can not get address information")
-        return candidates
-
-    async def _exclusive_open_datagram(
-        self,
-        protocol_factory: Callable[[], asyncio.BaseProtocol],
-        plan: BindPlan,
-        family: int,
-        proto: int,
-        local: Any,
-        remote: Any,
-        allow_broadcast: bool,
-    ) -> tuple[asyncio.BaseTransport, asyncio.BaseProtocol]:
-        """One UDP socket made by the plan, bound, connected, and adopted by the base loop."""
-        if self._exclusive_libuv_sets_reuse and remote is not None and not plan.set:
-            return await self._exclusive_connected_datagram_by_libuv(
-                protocol_factory, plan, family, proto, local, remote, allow_broadcast
-            )
-        sock = new_socket(family, socket.SOCK_DGRAM, proto, plan, strict=self._exclusive_options.strict, address=local)
-        try:
-            if allow_broadcast:
-                sock.setsockopt(socket.SOL_SOCKET, socket.SO_BROADCAST, 1)
-            # libuv's uv_udp_open turns SO_REUSEADDR (Linux) / SO_REUSEPORT (BSD)
-            # on for every socket it adopts. So a libuv loop is handed the socket
-            # *unbound*, and it is bound from inside the protocol factory, which
-            # uvloop calls after uv_udp_open and before connection_made: when the
-            # bind happens the option is off again, so the bound socket is never
-            # shareable. A connected endpoint must be connected before adoption
-            # (libuv records that at open time); it is bound first and cleaned
-            # in the same synchronous step, before the loop runs again.
-            deferred = self._exclusive_libuv_sets_reuse and local is not None and remote is None
-            if local is not None and not deferred:
-                bind_now(sock, local, plan.role)
-            # asyncio leaves a broadcast endpoint unconnected (replies to a
-            # broadcast come from any host); uvloop connects it. Follow the base.
-            if remote is not None and not (allow_broadcast and isinstance(self, asyncio.BaseEventLoop)):
-                await self.sock_connect(sock, remote)
-        except BaseException:
-            sock.close()
-            raise
-        return await self._exclusive_adopt_datagram(
-            protocol_factory, sock, plan, remote=remote, bind_later=local if deferred else None
+    def _exclusive_datagram_base(self) -> DatagramBase:
+        """What the datagram path needs of this loop, passed down explicitly (``_datagram``)."""
+        return DatagramBase(
+            loop=self,
+            create=super().create_datagram_endpoint,
+            stdlib=isinstance(self, asyncio.BaseEventLoop),
+            sets_reuse=self._exclusive_libuv_sets_reuse,
+            allow_reuse_port=self._exclusive_options.allow_reuse_port,
+            strict=self._exclusive_options.strict,
         )
-
-    async def _exclusive_connected_datagram_by_libuv(
-        self,
-        protocol_factory: Callable[[], asyncio.BaseProtocol],
-        plan: BindPlan,
-        family: int,
-        proto: int,
-        local: Any,
-        remote: Any,
-        allow_broadcast: bool,
-    ) -> tuple[asyncio.BaseTransport, asyncio.BaseProtocol]:
-        """A connected UDP endpoint on uvloop, made by uvloop itself.
-
-        libuv records "connected" when it adopts a socket, so a connected
-        endpoint cannot be bound after adoption, and adopting a bound socket
-        makes it shareable (uv_udp_open sets SO_REUSEADDR) until we switch that
-        off: a window another process looping on bind lands in. uvloop's own
-        local_addr/remote_addr path creates the socket in libuv and binds it
-        with no reuse flag (uv_udp_bind(..., 0)), which is what the plan asks
-        for on POSIX (nothing set, nothing shareable), so it is used as is,
-        with the addresses already resolved.
-        """
-        if local is not None and local[1]:
-            # uvloop leaves its half-made transport open when its bind fails;
-            # find a conflict first, with a socket of ours, so that failure is
-            # ours to report (AddressInUseError) and leaves nothing behind.
-            probe = new_socket(family, socket.SOCK_DGRAM, proto, plan, address=local)
-            try:
-                bind_now(probe, local, plan.role)
-            finally:
-                probe.close()
-        building = asyncio.ensure_future(
-            super().create_datagram_endpoint(
-                protocol_factory,
-                local_addr=None if local is None else _host_port_pair(local),
-                remote_addr=_host_port_pair(remote),
-                family=family,
-                proto=proto,
-                allow_broadcast=allow_broadcast or None,
-            )
-        )
-        try:
-            transport, protocol = await asyncio.shield(building)
-        except asyncio.CancelledError:
-            # uvloop makes the transport before its last await: close what it made.
-            building.add_done_callback(_close_transport_of)
-            raise
-        except OSError as exc:
-            cause = exc.__cause__
-            if isinstance(cause, OSError) and is_address_in_use(cause):
-                raise translate_bind_error(cause, plan.role, local) from exc
-            raise
-        return transport, protocol
-
-    async def _exclusive_adopt_datagram(
-        self,
-        protocol_factory: Callable[[], asyncio.BaseProtocol],
-        sock: socket.socket,
-        plan: BindPlan,
-        *,
-        remote: Any = None,
-        bind_later: Any = None,
-    ) -> tuple[asyncio.BaseTransport, asyncio.BaseProtocol]:
-        """Hand a UDP socket made by the plan to the base loop; it is closed if that fails.
-
-        *remote*: the peer it is connected to. *bind_later*: the address to bind
-        once a libuv loop has adopted the still-unbound socket (see above).
-        """
-        if remote is not None and isinstance(self, asyncio.BaseEventLoop):
-            # The stdlib transports know their peer only when asyncio connected
-            # the socket itself (it passes r_addr to the transport); adopted
-            # through sock= they have none, and the Proactor's then reads with
-            # recvfrom and sends sendto(data) through WSASendTo(addr=None), a
-            # TypeError that kills the transport. So build the transport the way
-            # asyncio's own remote_addr path does, with the peer.
-            try:
-                protocol = protocol_factory()
-                waiter = self.create_future()
-                transport = self._make_datagram_transport(sock, protocol, remote, waiter)  # type: ignore[attr-defined]  # asyncio internals, the stdlib bases only
-            except BaseException:
-                sock.close()
-                raise
-            try:
-                await waiter
-            except BaseException:
-                transport.close()
-                raise
-            return transport, protocol
-        if not self._exclusive_libuv_sets_reuse:
-            try:
-                transport, protocol = await super().create_datagram_endpoint(
-                    protocol_factory, sock=sock
-                )
-            except BaseException:
-                sock.close()
-                raise
-            return transport, protocol
-
-        failure: list[OSError] = []
-
-        def bind_then_build() -> asyncio.BaseProtocol:
-            if bind_later is not None:
-                clear_forbidden_options(sock, plan)
-                try:
-                    bind_now(sock, bind_later, plan.role)
-                except OSError as exc:
-                    # Raising here would leave uvloop's half-made transport
-                    # unclosed; hand it a placeholder and close it below.
-                    failure.append(exc)
-                    return asyncio.DatagramProtocol()
-                return protocol_factory()
-            return _clear_then_build(sock, plan, protocol_factory)
-
-        # uvloop makes the transport before its last await: cancelled there, it
-        # leaves a live transport nobody holds. So the adoption runs to its end
-        # in a task of its own, and whatever it made is closed if we are cancelled.
-        building = asyncio.ensure_future(
-            super().create_datagram_endpoint(bind_then_build, sock=sock)
-        )
-        try:
-            transport, protocol = await asyncio.shield(building)
-        except BaseException:
-            if building.done():
-                _close_built(sock, building)
-            else:
-                building.add_done_callback(functools.partial(_close_built, sock))
-            raise
-        if failure:
-            transport.close()
-            await asyncio.sleep(0)
-            raise failure[0]
-        return transport, protocol
 
     # -- clients with a fixed local port --------------------------------------
 
@@ -736,44 +490,6 @@ class ExclusiveLoopMixin(_LoopBase):
             raise RuntimeError("Event loop is closed")
 
 
-def _close_built(sock: socket.socket, building: asyncio.Future[Any]) -> None:
-    # The adoption's transport if it got one (closing it closes the socket), else the socket.
-    if not building.cancelled() and building.exception() is None:
-        building.result()[0].close()
-    else:
-        sock.close()
-
-
-def _is_bound(sock: Any) -> bool:
-    # Asked of the kernel through the C method: a socket subclass may override
-    # getsockname() and say "unbound" about a bound socket.
-    try:
-        address = _socket.socket.getsockname(sock) if isinstance(sock, _socket.socket) else sock.getsockname()
-    except OSError:
-        return False
-    return isinstance(address, tuple) and len(address) >= 2 and bool(address[1])
-
-
-def _host_port_pair(sockaddr: Any) -> tuple[str, int]:
-    """A resolved sockaddr as the (host, port) pair uvloop takes, scope id kept in the host."""
-    host, port = sockaddr[0], sockaddr[1]
-    if len(sockaddr) >= 4 and sockaddr[3]:
-        host = f"{host}%{sockaddr[3]}"
-    return host, port
-
-
-def _close_transport_of(building: asyncio.Future[Any]) -> None:
-    if not building.cancelled() and building.exception() is None:
-        building.result()[0].close()
-
-
-def _clear_then_build(
-    sock: socket.socket, plan: BindPlan, protocol_factory: Callable[[], asyncio.BaseProtocol]
-) -> asyncio.BaseProtocol:
-    clear_forbidden_options(sock, plan)
-    return protocol_factory()
-
-
 # -- building loop classes ------------------------------------------------------
 
 _CLASSES: dict[type, type] = {}
@@ -795,10 +511,7 @@ def exclusive_loop_class(base: type[_LoopT]) -> type[_LoopT]:
         attrs = {
             "__module__": __name__,
             "__doc__": f"{base.__module__}.{base.__qualname__} with every listening socket bound exclusively.",
-            # libuv's uv_udp_open sets SO_REUSEADDR/SO_REUSEPORT on adopted UDP
-            # sockets on POSIX (src/unix/udp.c), uv__tcp_bind SO_REUSEADDR on TCP
-            # (src/unix/tcp.c); its Windows code does neither.
-            "_exclusive_libuv_sets_reuse": base.__module__.partition(".")[0] == "uvloop",
+            "_exclusive_libuv_sets_reuse": libuv_sets_reuse(base),
         }
         cls = type(f"Exclusive{base.__name__.lstrip('_')}", (ExclusiveLoopMixin, base), attrs)
         _CLASSES[base] = cls

@@ -53,6 +53,7 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import functools
 import os
 import hashlib
 import secrets
@@ -65,7 +66,9 @@ import time
 from collections.abc import Callable
 from typing import Any, Union
 
+from ._datagram import DatagramBase, adopt, enable_broadcast
 from ._errors import AddressInUseError
+from ._plan import Role
 
 __all__ = [
     "bind_unix_listener",
@@ -471,7 +474,7 @@ def bind_unix_path(
 
 
 async def create_unix_datagram_endpoint(
-    loop: asyncio.AbstractEventLoop,
+    base: DatagramBase,
     protocol_factory: Callable[[], asyncio.BaseProtocol],
     local_addr: str,
     remote_addr: str | None,
@@ -485,37 +488,25 @@ async def create_unix_datagram_endpoint(
     server's included; here a live one raises `AddressInUseError`. Otherwise
     the same steps as asyncio (``base_events.create_datagram_endpoint``):
     ``SO_BROADCAST`` if asked, bind, connect to *remote_addr*, and a transport
-    that knows its peer. Only for the stdlib's selector loop (uvloop and the
-    Proactor loop have no AF_UNIX datagram path of their own).
+    that knows its peer (`_datagram.adopt`). Only for the stdlib's selector
+    loop (uvloop and the Proactor loop have no AF_UNIX datagram path of their own).
     """
     if remote_addr is not None and not isinstance(remote_addr, str):
         raise TypeError("string is expected")  # asyncio's own check and wording
     sock = _bind_guarded(local_addr, None, socket.SOCK_DGRAM, None, proto)
+    discard = functools.partial(remove_own_path, sock, local_addr)
     try:
-        if allow_broadcast:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_BROADCAST, 1)
+        enable_broadcast(sock, allow_broadcast)
         sock.setblocking(False)
         if remote_addr and not allow_broadcast:
-            await loop.sock_connect(sock, remote_addr)
+            await base.loop.sock_connect(sock, remote_addr)
     except BaseException:
-        remove_own_path(sock, local_addr)
+        discard()
         raise
-    base: Any = loop
-    try:
-        protocol = protocol_factory()
-        waiter = loop.create_future()
-        # What asyncio does after its own bind and connect: the transport is
-        # told its peer (r_addr), so sendto(data, other) is refused as usual.
-        transport = base._make_datagram_transport(sock, protocol, remote_addr, waiter)
-    except BaseException:
-        remove_own_path(sock, local_addr)
-        raise
-    try:
-        await waiter
-    except BaseException:
-        transport.close()
-        raise
-    return transport, protocol
+    # The plan is unused here: no sharing option exists for AF_UNIX, and a
+    # libuv base never comes this way.
+    plan = base.plan(Role.UDP_UNICAST)
+    return await adopt(base, protocol_factory, sock, plan, remote=remote_addr, discard=discard)
 
 
 # -- refusals and clean-up ----------------------------------------------------------

@@ -617,10 +617,10 @@ def test_restart_with_live_connections(base: str) -> None:
 @pytest.mark.skipif(not HAVE_UVLOOP, reason="uvloop is not installed")
 def test_uvloop_udp_socket_is_never_shareable_while_bound(monkeypatch: pytest.MonkeyPatch) -> None:
     """uv_udp_open sets SO_REUSEADDR on what it adopts; the exclusive loop binds only after clearing it."""
-    from aioexclusive import _loops
+    from aioexclusive import _datagram
 
     events: list[tuple[str, Any]] = []
-    real_clear, real_bind = _loops.clear_forbidden_options, _loops.bind_now
+    real_clear, real_bind = _datagram.clear_forbidden_options, _datagram.bind_now
 
     def spy_clear(sock: Any, plan: Any) -> list[str]:
         cleared = real_clear(sock, plan)
@@ -631,8 +631,8 @@ def test_uvloop_udp_socket_is_never_shareable_while_bound(monkeypatch: pytest.Mo
         events.append(("bind with", opts(sock)))
         real_bind(sock, sockaddr, role, **kw)
 
-    monkeypatch.setattr(_loops, "clear_forbidden_options", spy_clear)
-    monkeypatch.setattr(_loops, "bind_now", spy_bind)
+    monkeypatch.setattr(_datagram, "clear_forbidden_options", spy_clear)
+    monkeypatch.setattr(_datagram, "bind_now", spy_bind)
 
     class Probe(asyncio.DatagramProtocol):
         def connection_made(self, transport: Any) -> None:

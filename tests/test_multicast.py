@@ -36,7 +36,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import aioexclusive
 from aioexclusive import ExclusivityError, Multicast
 from aioexclusive.lowlevel import Role, make_plan
-from aioexclusive._multicast import (
+from aioexclusive._multicast_plan import (
     FACTS,
     Interface,
     is_multicast,
@@ -313,7 +313,7 @@ def test_bad_requests(base: str, no_leak: None) -> None:
         _run(_endpoint(local_addr=("239.1.2.3", 0), multicast=True, reuse_port=True), base)
     with pytest.raises(ValueError, match="pass family="):
         _run(_endpoint(multicast=True), base)
-    with pytest.raises(TypeError, match=r"local_addr must be a \(host, port\) tuple"):
+    with pytest.raises((TypeError, AssertionError), match="2-tuple is expected|must be a tuple of"):
         _run(_endpoint(local_addr="239.1.2.3", multicast=True), base)
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock, pytest.raises(
         ValueError, match="multicast= and sock= can not be combined"

@@ -176,7 +176,7 @@ def test_import_stays_lazy() -> None:
     # cost), not on import and not by building a loop that uses none of them.
     code = (
         "import sys, aioexclusive; aioexclusive.new_event_loop().close(); "
-        "print(sorted(m for m in ('aioexclusive._guard', 'aioexclusive._multicast', 'aioexclusive._restart', "
+        "print(sorted(m for m in ('aioexclusive._guard', 'aioexclusive._multicast', 'aioexclusive._multicast_plan', 'aioexclusive._restart', "
         "'aioexclusive.lowlevel') if m in sys.modules)); "
         # ...and aioexclusive.lowlevel is there without importing it by name.
         "print(aioexclusive.lowlevel.make_plan.__module__)"
