@@ -21,7 +21,7 @@ from __future__ import annotations
 import asyncio
 import sys
 
-__all__ = ["is_libuv", "is_stdlib", "libuv_server_class", "libuv_sets_reuse"]
+__all__ = ["check_open", "is_libuv", "is_stdlib", "libuv_server_class", "libuv_sets_reuse"]
 
 _LIBUV_PACKAGES = ("uvloop", "winloop")
 
@@ -32,6 +32,12 @@ def _package(cls: type) -> str:
 
 def _class_of(loop: object) -> type:
     return loop if isinstance(loop, type) else type(loop)
+
+
+def check_open(loop: asyncio.AbstractEventLoop) -> None:
+    """Every base loop's error for a closed loop, raised before anything is made."""
+    if loop.is_closed():
+        raise RuntimeError("Event loop is closed")
 
 
 def is_stdlib(loop: object) -> bool:

@@ -19,7 +19,7 @@ import warnings
 from collections.abc import Iterable, Sequence
 from typing import Any, Union
 
-from ._bases import is_libuv
+from ._bases import is_libuv, is_stdlib
 from ._errors import AddressInUseError, ExclusivityError, ExclusivityWarning, InvalidPortError, is_address_in_use
 from . import _wildcard
 from ._plan import SHARING_OPTIONS, SO_EXCLUSIVEADDRUSE, BindPlan, Role, audit_socket_options, make_plan
@@ -233,7 +233,7 @@ async def resolve(
     check_port(port, name)
     ensure_resolved = getattr(loop, "_ensure_resolved", None)
     infos: list[Any]
-    if isinstance(loop, asyncio.BaseEventLoop) and ensure_resolved is not None:
+    if is_stdlib(loop) and ensure_resolved is not None:
         if host is None and _own_getaddrinfo(loop):
             # The wildcard involves no DNS: asyncio's executor round trip
             # would call this same getaddrinfo with these same arguments

@@ -39,6 +39,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
+from ._bases import check_open
 from ._binding import (
     audit_socket,
     bind_now,
@@ -93,8 +94,7 @@ class DatagramBase:
 
     def check_open(self) -> None:
         """The base loop's error for a closed loop, before anything is made."""
-        if self.loop.is_closed():
-            raise RuntimeError("Event loop is closed")
+        check_open(self.loop)
 
 
 # -- addresses ---------------------------------------------------------------------

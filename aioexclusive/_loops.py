@@ -29,7 +29,7 @@ from ._binding import (
     open_bound_sockets,
     resolve,
 )
-from ._bases import libuv_server_class, libuv_sets_reuse
+from ._bases import check_open, is_stdlib, libuv_server_class, libuv_sets_reuse
 from ._datagram import DatagramBase, adopt_given_socket, open_endpoint, resolve_endpoint
 from ._plan import BindPlan, Role, make_plan
 from ._server import MultiServer
@@ -112,7 +112,9 @@ class ExclusiveLoopMixin(_LoopBase):
     """
 
     _exclusive_options: ClassVar[LoopOptions] = LoopOptions()
-    # Does the base turn SO_REUSEADDR on by itself (_bases.libuv_sets_reuse)?
+    # What the base loop is, asked once per class (_bases): asyncio's own, and
+    # does it turn SO_REUSEADDR on by itself (libuv on POSIX)?
+    _exclusive_stdlib: ClassVar[bool] = False
     _exclusive_libuv_sets_reuse: ClassVar[bool] = False
 
     @property
@@ -186,14 +188,14 @@ class ExclusiveLoopMixin(_LoopBase):
                 shared_ok = self._allow_shared_sock()
                 plan = self._plan(Role.TCP_LISTENER, reuse_port=shared_ok)
                 audit_socket(sock, plan)
-                self._exclusive_check_open()
+                check_open(self)
                 listen_at_adoption(sock, backlog, plan.role)
             server: asyncio.AbstractServer = await base_create_server(
                 protocol_factory, sock=sock, backlog=backlog, start_serving=start_serving, **tls
             )
             return server
 
-        self._exclusive_check_open()
+        check_open(self)
         check_port(port)
         plan = self._plan(Role.TCP_LISTENER, reuse_address=reuse_address, reuse_port=reuse_port, address=host)
         hosts = hosts_of(host)
@@ -213,7 +215,7 @@ class ExclusiveLoopMixin(_LoopBase):
             for info in group:
                 unique.setdefault((*info[:3], info[4]), info)
         infos = list(unique.values())
-        stdlib_313 = isinstance(self, asyncio.BaseEventLoop) and sys.version_info >= (3, 13)
+        stdlib_313 = self._exclusive_stdlib and sys.version_info >= (3, 13)
         bind = functools.partial(
             open_bound_sockets,
             infos,
@@ -225,7 +227,7 @@ class ExclusiveLoopMixin(_LoopBase):
         )
         retry = self._exclusive_options.bind_retry
         # Bind errors in this base loop's words (uvloop keeps the pre-3.13 wording).
-        wording = bind_message_from_str.set(_BIND_MESSAGE_STR and isinstance(self, asyncio.BaseEventLoop))
+        wording = bind_message_from_str.set(_BIND_MESSAGE_STR and self._exclusive_stdlib)
         try:
             if retry is None:
                 sockets = bind()
@@ -273,7 +275,7 @@ class ExclusiveLoopMixin(_LoopBase):
         if stdlib_313:
             # Python 3.13 raises here (bpo-30945); earlier ones serve nothing.
             raise OSError(f"could not bind on any address out of {[info[4] for info in infos]!r}")
-        if isinstance(self, asyncio.BaseEventLoop):
+        if self._exclusive_stdlib:
             args: list[Any] = [tls["ssl"], backlog, tls["ssl_handshake_timeout"]]
             if sys.version_info >= (3, 11):
                 args.append(tls.get("ssl_shutdown_timeout"))
@@ -284,7 +286,7 @@ class ExclusiveLoopMixin(_LoopBase):
         server_class = libuv_server_class(self)
         if server_class is not None:
             # uvloop/winloop: their own Server class, empty (it is serving once started, as theirs is).
-            empty = server_class(self)
+            empty: asyncio.AbstractServer = server_class(self)
             if start_serving:
                 await empty.start_serving()
             return empty
@@ -315,7 +317,7 @@ class ExclusiveLoopMixin(_LoopBase):
         ``multicast=True`` or ``multicast=aioexclusive.Multicast(...)`` is the
         one opt-in that shares a port: see `aioexclusive.Multicast`.
         """
-        stdlib = isinstance(self, asyncio.BaseEventLoop)
+        stdlib = self._exclusive_stdlib
         if reuse_address is not _UNSET:
             if stdlib and sys.version_info >= _DATAGRAM_REUSE_ADDRESS_UNTIL:
                 # Not in asyncio's signature any more: its own TypeError, word for word.
@@ -371,7 +373,7 @@ class ExclusiveLoopMixin(_LoopBase):
         return DatagramBase(
             loop=self,
             create=super().create_datagram_endpoint,
-            stdlib=isinstance(self, asyncio.BaseEventLoop),
+            stdlib=self._exclusive_stdlib,
             sets_reuse=self._exclusive_libuv_sets_reuse,
             allow_reuse_port=self._exclusive_options.allow_reuse_port,
             strict=self._exclusive_options.strict,
@@ -469,13 +471,13 @@ class ExclusiveLoopMixin(_LoopBase):
                 # judged as the TCP listener it is, as create_server(sock=) does.
                 plan = self._plan(Role.TCP_LISTENER, reuse_port=self._allow_shared_sock())
                 audit_socket(sock, plan)
-                self._exclusive_check_open()
+                check_open(self)
                 listen_at_adoption(sock, backlog, plan.role)
         if sock is not None or not guards_path(path):
             return await base_create(
                 protocol_factory, path, sock=sock, backlog=backlog, **kwargs
             )
-        self._exclusive_check_open()
+        check_open(self)
         bound = await bind_unix_listener(path, backlog)
         try:
             return await base_create(
@@ -485,9 +487,6 @@ class ExclusiveLoopMixin(_LoopBase):
             remove_own_path(bound, path)
             raise
 
-    def _exclusive_check_open(self) -> None:
-        if self.is_closed():
-            raise RuntimeError("Event loop is closed")
 
 
 # -- building loop classes ------------------------------------------------------
@@ -511,6 +510,7 @@ def exclusive_loop_class(base: type[_LoopT]) -> type[_LoopT]:
         attrs = {
             "__module__": __name__,
             "__doc__": f"{base.__module__}.{base.__qualname__} with every listening socket bound exclusively.",
+            "_exclusive_stdlib": is_stdlib(base),
             "_exclusive_libuv_sets_reuse": libuv_sets_reuse(base),
         }
         cls = type(f"Exclusive{base.__name__.lstrip('_')}", (ExclusiveLoopMixin, base), attrs)

@@ -38,6 +38,7 @@ from typing import Any
 
 import hypercorn.config
 
+from .._bases import libuv_sets_reuse
 from .._binding import audit_socket, bind_socket
 from .._errors import ExclusivityError
 from .._loops import ExclusiveLoopMixin
@@ -82,7 +83,7 @@ def _adopting_loop_is_uvloop(worker_class: str | None) -> bool:
         return worker_class == "uvloop"
     if isinstance(loop, ExclusiveLoopMixin):
         return False
-    return type(loop).__module__.startswith("uvloop")
+    return libuv_sets_reuse(loop)
 
 
 class ExclusiveConfig(hypercorn.config.Config):
