@@ -19,6 +19,7 @@ from collections.abc import Callable, Coroutine
 from typing import Any
 
 import pytest
+from attacker import OPTION_SETS, Attacker, BindResult
 
 import aioexclusive
 from aioexclusive import _bases
@@ -158,3 +159,45 @@ def test_cancelled_adoption_leaves_nothing(base: str, kind: str) -> None:
         gc.collect()
         assert cancelled >= 1
         assert _open_fds() - before == set()
+
+
+@pytest.mark.skipif(not HAVE_UVLOOP, reason="uvloop is not installed")
+@pytest.mark.parametrize("knows_its_base", [True, False], ids=["exclusive", "control-base-not-recognised"])
+def test_uvloop_subclass_udp_endpoint_is_not_joinable(
+    knows_its_base: bool, other_user_attacker: Attacker, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A program's own uvloop.Loop subclass is uvloop underneath: libuv's SO_REUSEADDR is cleaned there too.
+
+    The control is the exclusive loop made to miss that fact (as 0.1.0 did for any
+    subclass): the socket is bound, then adopted, uv_udp_open turns SO_REUSEADDR on,
+    and another user's SO_REUSEADDR socket joins the port.
+    """
+
+    class AppLoop(uvloop.Loop):  # type: ignore[misc]  # uvloop is untyped
+        pass
+
+    loop = aioexclusive.new_event_loop(base=AppLoop)
+    if not knows_its_base:
+        monkeypatch.setattr(type(loop), "_exclusive_libuv_sets_reuse", False)
+
+    async def scenario() -> tuple[BindResult, int]:
+        transport, _ = await asyncio.get_running_loop().create_datagram_endpoint(
+            asyncio.DatagramProtocol, local_addr=("127.0.0.1", 0)
+        )
+        try:
+            sock = transport.get_extra_info("socket")
+            reuse = sock.getsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR)
+            port = transport.get_extra_info("sockname")[1]
+            result = other_user_attacker.try_bind("udp", 4, "127.0.0.1", port, OPTION_SETS["SO_REUSEADDR"])
+        finally:
+            transport.close()
+            await asyncio.sleep(0)
+        return result, reuse
+
+    result, reuse = _run(scenario, loop)
+    if knows_its_base:
+        assert not reuse
+        assert not result.ok, f"another user joined the exclusive endpoint: {result}"
+    else:
+        assert reuse, "control: uvloop no longer sets SO_REUSEADDR on adopted UDP sockets"
+        assert result.ok, f"control: another user should join the uncleaned socket, got {result}"
