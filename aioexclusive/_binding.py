@@ -51,6 +51,10 @@ _BIND_MESSAGE_STR = sys.version_info >= (3, 13)
 bind_message_from_str: contextvars.ContextVar[bool] = contextvars.ContextVar(
     "bind_message_from_str", default=_BIND_MESSAGE_STR
 )
+# Off while open_bound_sockets makes an attempt it will retry on "address in
+# use": naming the holder scans every process's sockets (psutil), milliseconds
+# for an error nobody sees.
+_name_holder: contextvars.ContextVar[bool] = contextvars.ContextVar("_name_holder", default=True)
 
 
 def _port_number(port: object) -> int | None:
@@ -389,9 +393,8 @@ def translate_bind_error(exc: OSError, role: Role, sockaddr: Any) -> OSError:
         # returns None when it cannot tell, and the message then says how to look.
         from ._holder import describe_holder
 
-        return AddressInUseError(
-            role.protocol, host, port, exc, holder=describe_holder(role.protocol, host, port), base_message=msg
-        )
+        holder = describe_holder(role.protocol, host, port) if _name_holder.get() else None
+        return AddressInUseError(role.protocol, host, port, exc, holder=holder, base_message=msg)
     if msg is None or msg == exc.strerror:
         return exc
     return OSError(exc.errno, msg)
@@ -489,14 +492,19 @@ def open_bound_sockets(
     port_zero = backlog is not None and any(_port_of(info[4]) == 0 for info in infos)
     attempts = _SAME_PORT_ATTEMPTS if port_zero else 1
     for attempt in range(1, attempts + 1):
+        last = attempt == attempts
+        quiet = None if last else _name_holder.set(False)
         try:
             return _open_bound_sockets_once(
                 infos, plan, backlog=backlog, keep_alive=keep_alive, dualstack_ipv6=dualstack_ipv6,
                 strict=strict, skip_unavailable=skip_unavailable, same_port=port_zero,
             )
         except OSError as exc:
-            if attempt == attempts or not is_address_in_use(exc):
+            if last or not is_address_in_use(exc):
                 raise
+        finally:
+            if quiet is not None:
+                _name_holder.reset(quiet)
     raise AssertionError("unreachable")  # pragma: no cover
 
 

@@ -38,6 +38,7 @@ looping on ``bind`` hits).
 
 from __future__ import annotations
 
+import _socket
 import copyreg
 import os
 import socket
@@ -58,6 +59,12 @@ HOLDS_WILDCARDS = sys.platform.startswith("linux") and socket.has_ipv6
 _FAMILIES: tuple[int, ...] = (int(socket.AF_INET), int(socket.AF_INET6))
 _WILDCARD: dict[int, str] = {int(socket.AF_INET): "0.0.0.0", int(socket.AF_INET6): "::"}
 _lock = threading.RLock()
+# The C-level getters: ints, not the enums socket.socket's properties build in
+# Python (a few of those per listener were a measurable part of protect()).
+_family_of = _socket.socket.family.__get__
+_type_of = _socket.socket.type.__get__
+_proto_of = _socket.socket.proto.__get__
+_TYPE_FLAGS = getattr(socket, "SOCK_NONBLOCK", 0) | getattr(socket, "SOCK_CLOEXEC", 0)
 
 
 class _Listener:
@@ -160,9 +167,10 @@ def is_wildcard(family: int, sockaddr: Any) -> bool:
 
 
 def _covers(sock: socket.socket) -> frozenset[int]:
-    if sock.family == socket.AF_INET6 and not sock.getsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY):
+    family = _family_of(sock)
+    if family == socket.AF_INET6 and not sock.getsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY):
         return frozenset(_FAMILIES)  # a dual-stack socket is both wildcards at once
-    return frozenset((int(sock.family),))
+    return frozenset((family,))
 
 
 def take_hold(family: int, port: int) -> socket.socket | None:
@@ -222,13 +230,13 @@ def protect(listeners: list[socket.socket]) -> None:
     # it anyway. They are closed together with the wildcard listener.
     pinned: dict[int, set[int]] = {}
     for sock in listeners:
-        if sock.type != socket.SOCK_STREAM:
+        if _type_of(sock) & ~_TYPE_FLAGS != socket.SOCK_STREAM:
             continue
         port = sock.getsockname()[1]
         if isinstance(sock, HeldListener):
             by_port.setdefault(port, []).append(sock)
         else:
-            pinned.setdefault(port, set()).add(int(sock.family))
+            pinned.setdefault(port, set()).add(_family_of(sock))
     with _lock:
         added: list[tuple[int, HeldListener]] = []
         new_holds: list[tuple[int, int]] = []
@@ -241,7 +249,7 @@ def protect(listeners: list[socket.socket]) -> None:
                     entry = _ports[port] = _Port()
                 for sock in socks:
                     assert isinstance(sock, HeldListener)
-                    spare = HeldListener(sock.family, sock.type, sock.proto, os.dup(sock.fileno()))
+                    spare = HeldListener(_family_of(sock), _type_of(sock), _proto_of(sock), os.dup(sock.fileno()))
                     entry.listeners[id(sock)] = _Listener(
                         weakref.ref(sock, _collected(port, id(sock))), _covers(sock), spare
                     )
