@@ -208,6 +208,16 @@ def main(argv: list[str] | None = None) -> int:
                         base, mode.pairs, host=host, label="(2 addresses)", iterations=mode.server_iterations
                     )
                 )
+                results.append(
+                    bind.create_server_latency(
+                        base,
+                        mode.pairs,
+                        host=None,
+                        label="(host=None: 0.0.0.0 and ::)",
+                        iterations=mode.server_iterations,
+                        target=None,
+                    )
+                )
             else:
                 note = "no IPv6 loopback here: the two-address create_server case was skipped"
                 if note not in notes:
