@@ -37,7 +37,7 @@ import socket
 import sys
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 from ._bases import check_open
 from ._binding import (
@@ -63,8 +63,15 @@ __all__ = [
 
 Endpoint = tuple[asyncio.BaseTransport, asyncio.BaseProtocol]
 ProtocolFactory = Callable[[], asyncio.BaseProtocol]
-# (family, protocol) -> [local sockaddr, remote sockaddr], as asyncio pairs them.
-Candidate = tuple[tuple[int, int], list[Any]]
+
+
+class Candidate(NamedTuple):
+    """One (family, protocol) the endpoint can be made with, and its resolved addresses."""
+
+    family: int
+    proto: int
+    local: Any  # a sockaddr, or None
+    remote: Any  # a sockaddr, or None
 
 
 # Not frozen: one is made per create_datagram_endpoint call, and a frozen
@@ -136,7 +143,7 @@ async def resolve_endpoint(
         if family == 0 or (not base.stdlib and family not in (socket.AF_INET, socket.AF_INET6)):
             raise ValueError("unexpected address family")
         # uvloop makes this socket with the family alone; asyncio passes proto to socket().
-        return [((family, proto if base.stdlib else 0), [None, None])]
+        return [Candidate(family, proto if base.stdlib else 0, None, None)]
     pairs: dict[tuple[int, int], list[Any]] = {}
     for index, name, addr in ((0, "local_addr", local_addr), (1, "remote_addr", remote_addr)):
         if addr is None:
@@ -147,9 +154,9 @@ async def resolve_endpoint(
         ):
             pairs.setdefault((fam, pro), [None, None])[index] = sockaddr
     candidates = [
-        (key, pair)
-        for key, pair in pairs.items()
-        if not ((local_addr is not None and pair[0] is None) or (remote_addr is not None and pair[1] is None))
+        Candidate(fam, pro, local, remote)
+        for (fam, pro), (local, remote) in pairs.items()
+        if not ((local_addr is not None and local is None) or (remote_addr is not None and remote is None))
     ]
     if not candidates:
         raise ValueError("can not get address information")
@@ -174,28 +181,22 @@ async def open_endpoint(
 ) -> Endpoint:
     """The first candidate that opens, as asyncio tries them; else the first error."""
     errors: list[OSError] = []
-    for (family, proto), (local, remote) in candidates:
+    for candidate in candidates:
         try:
-            return await _open_one(base, protocol_factory, plan, family, proto, local, remote, allow_broadcast)
+            return await _open_one(base, protocol_factory, plan, candidate, allow_broadcast)
         except OSError as exc:
             errors.append(exc)
     raise errors[0]
 
 
 async def _open_one(
-    base: DatagramBase,
-    protocol_factory: ProtocolFactory,
-    plan: BindPlan,
-    family: int,
-    proto: int,
-    local: Any,
-    remote: Any,
-    allow_broadcast: bool,
+    base: DatagramBase, protocol_factory: ProtocolFactory, plan: BindPlan, candidate: Candidate, allow_broadcast: bool
 ) -> Endpoint:
     """One UDP socket made by the plan, bound, connected, and adopted by the base loop."""
+    local, remote = candidate.local, candidate.remote
     if base.sets_reuse and remote is not None and not plan.set:
-        return await _connected_by_libuv(base, protocol_factory, plan, family, proto, local, remote, allow_broadcast)
-    sock = new_socket(family, socket.SOCK_DGRAM, proto, plan, strict=base.strict, address=local)
+        return await _connected_by_libuv(base, protocol_factory, plan, candidate, allow_broadcast)
+    sock = new_socket(candidate.family, socket.SOCK_DGRAM, candidate.proto, plan, strict=base.strict, address=local)
     # libuv adopts the socket unbound and it is bound inside the factory (see
     # the module docstring); a connected one was sent to libuv's own path above.
     bind_later = local if base.sets_reuse and local is not None else None
@@ -214,14 +215,7 @@ async def _open_one(
 
 
 async def _connected_by_libuv(
-    base: DatagramBase,
-    protocol_factory: ProtocolFactory,
-    plan: BindPlan,
-    family: int,
-    proto: int,
-    local: Any,
-    remote: Any,
-    allow_broadcast: bool,
+    base: DatagramBase, protocol_factory: ProtocolFactory, plan: BindPlan, candidate: Candidate, allow_broadcast: bool
 ) -> Endpoint:
     """A connected UDP endpoint on uvloop, made by uvloop itself.
 
@@ -234,6 +228,7 @@ async def _connected_by_libuv(
     POSIX (nothing set, nothing shareable), so it is used as is, with the
     addresses already resolved.
     """
+    family, proto, local, remote = candidate
     if local is not None and local[1]:
         # uvloop leaves its half-made transport open when its bind fails;
         # find a conflict first, with a socket of ours, so that failure is
