@@ -11,6 +11,7 @@ import inspect
 import subprocess
 import sys
 import warnings
+from typing import Any
 from pathlib import Path
 
 import pytest
@@ -146,13 +147,14 @@ def test_unknown_name_is_attribute_error() -> None:
     with pytest.raises(AttributeError, match="has no attribute 'nonexistent'"):
         aioexclusive.nonexistent  # noqa: B018
     with pytest.raises(ImportError):
-        from aioexclusive import nonexistent  # type: ignore[attr-defined] # noqa: F401
+        from aioexclusive import nonexistent  # noqa: F401
 
 
 def test_entry_points_take_typed_keyword_only_options() -> None:
     from aioexclusive import _entry
 
-    for func in (aioexclusive.new_event_loop, aioexclusive.run, _entry._make_policy_class().__init__):
+    policy_class: Any = _entry._make_policy_class()  # built lazily, typed only as "type"
+    for func in (aioexclusive.new_event_loop, aioexclusive.run, policy_class.__init__):
         params = inspect.signature(func).parameters
         for option, default in (("allow_reuse_port", False), ("strict", False), ("bind_retry", None)):
             assert params[option].kind is inspect.Parameter.KEYWORD_ONLY, (func, option)
