@@ -488,7 +488,12 @@ def open_bound_sockets(
     if len(infos) == 1 and not _needs_hold(infos[0], backlog):
         # One address that no hold concerns (the common create_server("127.0.0.1", port)):
         # nothing to share a port with, nothing to hold; keep it as cheap as the base loop.
-        return _open_one(infos[0], plan, backlog, keep_alive, dualstack_ipv6, strict, skip_unavailable)
+        family, type_, proto, _, sockaddr = infos[0]
+        sock = _open_socket(
+            socket.socket, family, type_, proto, sockaddr, plan, backlog, keep_alive, dualstack_ipv6, strict,
+            skip_unavailable,
+        )
+        return [] if sock is None else [sock]
     port_zero = backlog is not None and any(_port_of(info[4]) == 0 for info in infos)
     attempts = _SAME_PORT_ATTEMPTS if port_zero else 1
     for attempt in range(1, attempts + 1):
@@ -516,23 +521,6 @@ def _needs_hold(info: AddrInfo, backlog: int | None) -> bool:
         and info[1] == socket.SOCK_STREAM
         and _wildcard.is_wildcard(info[0], info[4])
     )
-
-
-def _open_one(
-    info: AddrInfo,
-    plan: BindPlan,
-    backlog: int | None,
-    keep_alive: bool,
-    dualstack_ipv6: bool,
-    strict: bool,
-    skip_unavailable: bool,
-) -> list[socket.socket]:
-    family, type_, proto, _, sockaddr = info
-    sock = _open_socket(
-        socket.socket, family, type_, proto, sockaddr, plan, backlog, keep_alive, dualstack_ipv6, strict,
-        skip_unavailable,
-    )
-    return [] if sock is None else [sock]
 
 
 def _open_socket(

@@ -51,15 +51,14 @@ import os
 import socket
 import sys
 import threading
-import warnings
 import weakref
 from collections.abc import Callable
 from types import FrameType
 from typing import Any
 
-from ._errors import ExclusivityError, ExclusivityWarning
+from ._errors import ExclusivityError
 
-from ._wildcard import HOLDS_WILDCARDS, HeldListener, _bind_hold, demote_spare, is_wildcard
+from ._wildcard import HOLDS_WILDCARDS, HeldListener, _bind_hold, demote_spare, hold_uncovered, is_wildcard
 
 __all__ = ["before_bind", "install", "on_listen", "on_release", "watching"]
 
@@ -324,23 +323,8 @@ def _rehold(port: int) -> None:
         del _ports[port]
         return
     covered = {record[1] for record in entry.listeners.values()}
-    pending = {f for _, p, f in _pending.values() if p == port}
-    for family in (_AF_INET, _AF_INET6):
-        if family in covered or family in entry.holds or family in pending:
-            continue
-        try:
-            entry.holds[family] = _bind_hold(family, port)
-        except OSError as exc:
-            # Connections the closed listener accepted still occupy the port,
-            # or someone else got in: the remaining listener is not held. Say
-            # so rather than pretend (docs/limits.md).
-            warnings.warn(
-                f"could not hold {_where(_WILDCARD[family], port)} after its listener closed ({exc.strerror}); "
-                f"the remaining listener on port {port} is open to the two-step SO_REUSEPORT takeover "
-                "until it is restarted (see docs/limits.md)",
-                ExclusivityWarning,
-                stacklevel=4,
-            )
+    covered |= {f for _, p, f in _pending.values() if p == port}  # a pending bind covers its family itself
+    hold_uncovered(entry.holds, port, covered, stacklevel=4)
 
 
 def before_bind(sock: Any, address: Any) -> None:

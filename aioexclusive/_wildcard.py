@@ -46,6 +46,7 @@ import sys
 import threading
 import warnings
 import weakref
+from collections.abc import Collection
 from typing import Any
 
 from ._errors import ExclusivityWarning
@@ -398,19 +399,31 @@ def _after_release(port: int) -> None:
         return
     # Another of our listeners still serves this port: the family just let go
     # of must be held again, or that listener is open to the two-step takeover.
-    covered = entry.covered()
+    hold_uncovered(entry.holds, port, entry.covered(), stacklevel=3)
+
+
+def hold_uncovered(holds: dict[int, socket.socket], port: int, covered: Collection[int], *, stacklevel: int) -> None:
+    """Bind a hold on *port* for each family that neither *covered* (listeners, pending binds) nor *holds* has.
+
+    After one of two listeners let go of the port. Shared by the exclusive
+    loops (`_after_release`) and the guard (`_guard_holds._rehold`). A hold
+    that cannot be bound is warned about (*stacklevel* as the caller's).
+    """
     for family in _FAMILIES:
-        if family in covered or family in entry.holds:
+        if family in covered or family in holds:
             continue
         try:
-            entry.holds[family] = _bind_hold(family, port)
+            holds[family] = _bind_hold(family, port)
         except OSError as exc:
-            # Connections accepted by the closed listener can still occupy the
-            # port; say so rather than pretend.
+            # Connections the closed listener accepted still occupy the port,
+            # or someone else got in: the remaining listener is not held. Say
+            # so rather than pretend (docs/limits.md).
+            host = _WILDCARD[family]
+            where = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
             warnings.warn(
-                f"could not hold {_WILDCARD[family]} port {port} after its listener closed ({exc.strerror}); "
-                f"the remaining listener on port {port} is not protected against the two-step "
-                "SO_REUSEPORT takeover until it is restarted (see docs/limits.md)",
+                f"could not hold {where} after its listener closed ({exc.strerror}); "
+                f"the remaining listener on port {port} is open to the two-step SO_REUSEPORT takeover "
+                "until it is restarted (see docs/limits.md)",
                 ExclusivityWarning,
-                stacklevel=3,
+                stacklevel=stacklevel + 1,
             )

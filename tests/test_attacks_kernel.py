@@ -539,8 +539,13 @@ def test_a_held_listener_can_be_handed_to_spawned_workers() -> None:
 
 
 @needs_ipv6
-def test_closing_a_port_zero_listener_of_two_still_holds_its_side(base: str) -> None:
-    """A listener bound to port 0 leaves the bind bucket on shutdown: its side must be held afresh."""
+@pytest.mark.parametrize("reuse_address", [None, False])
+def test_closing_a_port_zero_listener_of_two_still_holds_its_side(base: str, reuse_address: bool | None) -> None:
+    """A listener bound to port 0 leaves the bind bucket on shutdown: its side must be held afresh.
+
+    reuse_address=False: no port-picking socket, so the listener itself is
+    bound to port 0 and cannot be demoted; a fresh hold replaces it.
+    """
 
     def free_v4(port: int) -> bool:
         probe = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
@@ -554,7 +559,7 @@ def test_closing_a_port_zero_listener_of_two_still_holds_its_side(base: str) -> 
 
     async def scenario() -> bool:
         loop = asyncio.get_running_loop()
-        v4 = await loop.create_server(asyncio.Protocol, "0.0.0.0", 0)
+        v4 = await loop.create_server(asyncio.Protocol, "0.0.0.0", 0, reuse_address=reuse_address)
         port = v4.sockets[0].getsockname()[1]
         v6 = await loop.create_server(asyncio.Protocol, "::", port)
         v4.close()
