@@ -15,7 +15,7 @@ import socket
 import sys
 import warnings
 from dataclasses import dataclass, fields
-from typing import TYPE_CHECKING, Any, Callable, ClassVar, TypeVar
+from typing import TYPE_CHECKING, Any, Callable, ClassVar, TypeVar, cast
 
 from ._binding import (
     _BIND_MESSAGE_STR,
@@ -37,6 +37,12 @@ from ._server import MultiServer
 __all__ = ["ExclusiveLoopMixin", "LoopOptions", "exclusive_loop_class"]
 
 _UNSET: Any = object()
+
+# create_datagram_endpoint is typed as asyncio's own signature types it: the
+# transport a DatagramTransport, the protocol the one the factory makes.
+_ProtocolT = TypeVar("_ProtocolT", bound=asyncio.BaseProtocol)
+# What the datagram path gives back: the protocol is the one the factory made.
+_Made = tuple[asyncio.DatagramTransport, Any]
 
 # Keyword arguments that appeared in later Pythons: passing one to an older
 # Python's loop is a TypeError there, so it is one here too.
@@ -294,9 +300,9 @@ class ExclusiveLoopMixin(_LoopBase):
 
     # -- UDP -----------------------------------------------------------------
 
-    async def create_datagram_endpoint(  # type: ignore[override]  # adds multicast=, and reuse_address= until 3.13
+    async def create_datagram_endpoint(  # adds multicast= (and reuse_address= until 3.13)
         self,
-        protocol_factory: Callable[[], asyncio.BaseProtocol],
+        protocol_factory: Callable[[], _ProtocolT],
         local_addr: Any = None,
         remote_addr: Any = None,
         *,
@@ -308,7 +314,7 @@ class ExclusiveLoopMixin(_LoopBase):
         allow_broadcast: bool | None = None,
         sock: Any = None,
         multicast: Any = None,
-    ) -> tuple[asyncio.BaseTransport, asyncio.BaseProtocol]:
+    ) -> tuple[asyncio.DatagramTransport, _ProtocolT]:
         """Like `asyncio.loop.create_datagram_endpoint`, never sharing the port.
 
         ``reuse_port=True`` (unless the loop allows it) and
@@ -332,11 +338,11 @@ class ExclusiveLoopMixin(_LoopBase):
             # An opt-in: its module is loaded on first use (see __init__).
             from ._multicast import create_multicast_endpoint
 
-            return await create_multicast_endpoint(
+            return cast(_Made, await create_multicast_endpoint(
                 base, protocol_factory, local_addr, remote_addr, multicast,
                 family=family, proto=proto, flags=flags, reuse_address=reuse_address is True,
                 reuse_port=reuse_port, allow_broadcast=allow_broadcast, sock=sock,
-            )
+            ))
         # Refusals first (reuse_port=True, reuse_address=True), whatever else is passed.
         plan = base.plan(Role.UDP_UNICAST, reuse_address=reuse_address is True, reuse_port=reuse_port, address=local_addr)
         passed = dict(
@@ -346,10 +352,10 @@ class ExclusiveLoopMixin(_LoopBase):
             passed["reuse_address"] = reuse_address
         if sock is not None:
             # With allow_reuse_port the caller may hand over a socket it shares on purpose.
-            return await adopt_given_socket(
+            return cast(_Made, await adopt_given_socket(
                 base, protocol_factory, sock, kernel_kind(sock), self._allow_shared_sock(),
                 local_addr=local_addr, remote_addr=remote_addr, **passed,
-            )
+            ))
         if family == getattr(socket, "AF_UNIX", None):
             if stdlib and isinstance(local_addr, str) and not reuse_port:
                 from ._unix import create_unix_datagram_endpoint, guards_path
@@ -358,15 +364,15 @@ class ExclusiveLoopMixin(_LoopBase):
                     # asyncio removes a live datagram server's socket file here;
                     # bind the path by the AF_UNIX rules instead (_unix.py).
                     base.check_open()
-                    return await create_unix_datagram_endpoint(
+                    return cast(_Made, await create_unix_datagram_endpoint(
                         base, protocol_factory, local_addr, remote_addr, proto=proto, allow_broadcast=allow_broadcast
-                    )
-            return await base.create(protocol_factory, local_addr, remote_addr, **passed)
+                    ))
+            return cast(_Made, await base.create(protocol_factory, local_addr, remote_addr, **passed))
         base.check_open()
         candidates = await resolve_endpoint(base, local_addr, remote_addr, family, proto, flags)
         if stdlib and reuse_address is not _UNSET and not reuse_address:
             warnings.warn(_REUSE_ADDRESS_DEPRECATED["asyncio"], DeprecationWarning, stacklevel=2)
-        return await open_endpoint(base, protocol_factory, plan, candidates, bool(allow_broadcast))
+        return cast(_Made, await open_endpoint(base, protocol_factory, plan, candidates, bool(allow_broadcast)))
 
     def _exclusive_datagram_base(self) -> DatagramBase:
         """What the datagram path needs of this loop, passed down explicitly (``_datagram``)."""

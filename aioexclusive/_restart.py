@@ -21,7 +21,7 @@ import asyncio
 import inspect
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any, TypeVar, Union
+from typing import Any, TypeVar, Union, overload
 
 from ._errors import is_address_in_use
 
@@ -69,6 +69,16 @@ def check_bind_retry(value: object, name: str = "bind_retry") -> tuple[int, floa
     return attempts, float(delay)
 
 
+@overload
+async def retry_bind(attempt: Callable[[], Awaitable[_T]], *, attempts: int = ..., delay: float = ...) -> _T: ...
+
+
+@overload
+async def retry_bind(attempt: Callable[[], _T], *, attempts: int = ..., delay: float = ...) -> _T: ...
+
+
+# Two overloads so that `retry_bind(lambda: loop.create_server(...))` is typed
+# as the server the awaitable gives, and a plain function as its value.
 async def retry_bind(
     attempt: Callable[[], Union[Awaitable[_T], _T]],
     *,

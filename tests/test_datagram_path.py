@@ -36,7 +36,7 @@ BASES = ["asyncio"] + (["uvloop"] if HAVE_UVLOOP else [])
 
 def _plain_loop(base: str) -> asyncio.AbstractEventLoop:
     if base == "uvloop":
-        return uvloop.new_event_loop()  # type: ignore[no-any-return]  # uvloop is untyped
+        return uvloop.new_event_loop()
     return asyncio.new_event_loop()
 
 
@@ -105,7 +105,7 @@ def test_base_facts_are_asked_in_one_place() -> None:
     if HAVE_UVLOOP:
         assert _bases.is_libuv(uvloop.Loop) and _bases.libuv_sets_reuse(uvloop.Loop)
 
-        class Subclassed(uvloop.Loop):  # type: ignore[misc]  # uvloop is untyped
+        class Subclassed(uvloop.Loop):
             pass
 
         # A program's own subclass of uvloop.Loop is still uvloop underneath.
@@ -173,7 +173,7 @@ def test_uvloop_subclass_udp_endpoint_is_not_joinable(
     and another user's SO_REUSEADDR socket joins the port.
     """
 
-    class AppLoop(uvloop.Loop):  # type: ignore[misc]  # uvloop is untyped
+    class AppLoop(uvloop.Loop):
         pass
 
     loop = aioexclusive.new_event_loop(base=AppLoop)
