@@ -512,20 +512,28 @@ def _hook_implicit(event: str, args: tuple[Any, ...]) -> None:
     if bound[1] != 0:
         _pending.discard(ref)  # bound (explicitly, or by an earlier call): judged then
         return
+    _check_implicit(sock, event[len("socket."):] + "()", 3)  # _check_implicit <- _hook_implicit <- _hook <- caller
+
+
+def _check_implicit(sock: Any, call: str, depth: int) -> None:
+    """`_judge_implicit` from a wrapper or hook: skipped on re-entry and when exempt, never failing but to refuse.
+
+    *depth*: frames from here up to the program's call.
+    """
     if getattr(_local, "busy", False) or _EXEMPT.get():
         return
     _local.busy = True
     try:
-        _check_implicit(sock, event[len("socket."):] + "()", 3)  # _check_implicit <- _hook_implicit <- _hook <- caller
+        _judge_implicit(sock, call, depth + 1)
     except ExclusivityError:
         raise
-    except Exception:  # noqa: BLE001, S110 - as in _hook: our trouble must not break someone's sendto
+    except Exception:  # noqa: BLE001, S110 - as in _hook: our trouble must not break someone's sendto or listen
         pass
     finally:
         _local.busy = False
 
 
-def _check_implicit(sock: Any, call: str, depth: int) -> None:
+def _judge_implicit(sock: Any, call: str, depth: int) -> None:
     """Judge *sock* as bound to its family's wildcard, port 0, if it is not bound yet (*call* autobinds it).
 
     Only options set on purpose are judged (``offending``): a socket merely
@@ -573,17 +581,8 @@ def _wrap_listen() -> None:
 
     def listen(self: socket.socket, *args: Any) -> None:
         # Once per listener, not a hot path; the unbound check is one getsockname.
-        if _state.mode != "off" and not getattr(_local, "busy", False) and not _EXEMPT.get():
-            _local.busy = True
-            try:
-                if isinstance(self, _CSocket) and _type_of(self) & ~_TYPE_FLAGS == socket.SOCK_STREAM:
-                    _check_implicit(self, "listen()", 2)  # _check_implicit <- this wrapper <- its caller
-            except ExclusivityError:
-                raise
-            except Exception:  # noqa: BLE001, S110 - as in _hook: our trouble must not break someone's listen
-                pass
-            finally:
-                _local.busy = False
+        if _state.mode != "off" and isinstance(self, _CSocket) and _type_of(self) & ~_TYPE_FLAGS == socket.SOCK_STREAM:
+            _check_implicit(self, "listen()", 2)  # _check_implicit <- this wrapper <- its caller
         return inner(self, *args)
 
     _guard_holds.put_on_socket_class("listen", listen, inner, "__aioexclusive_guard__")
