@@ -245,6 +245,10 @@ class ExclusiveLoopMixin(_LoopBase):
             bind_message_from_str.reset(wording)
         if not sockets:
             return await self._exclusive_no_socket(infos, protocol_factory, backlog, start_serving, stdlib_313, tls)
+        if self._exclusive_stdlib and len(sockets) > 1:
+            # Several sockets on asyncio: one Server over all of them, as asyncio's
+            # own create_server makes it (one object, one start, one loop iteration).
+            return await self._exclusive_stdlib_server(sockets, protocol_factory, backlog, start_serving, tls)
         servers: list[asyncio.AbstractServer] = []
         try:
             for bound in sockets:
@@ -268,6 +272,41 @@ class ExclusiveLoopMixin(_LoopBase):
             return servers[0]
         return MultiServer(self, servers)
 
+    async def _exclusive_stdlib_server(
+        self,
+        sockets: list[socket.socket],
+        protocol_factory: Callable[[], asyncio.BaseProtocol],
+        backlog: int,
+        start_serving: bool,
+        tls: dict[str, Any],
+    ) -> asyncio.AbstractServer:
+        """asyncio's Server over our bound *sockets*, made and started as asyncio's create_server does.
+
+        The arguments were checked by create_server already, with asyncio's
+        own errors. A failure or a cancellation closes the sockets (or the
+        server holding them): nothing is left serving that nobody holds.
+        """
+        args: list[Any] = [tls["ssl"], backlog, tls["ssl_handshake_timeout"]]
+        if sys.version_info >= (3, 11):
+            args.append(tls.get("ssl_shutdown_timeout"))
+        try:
+            for bound in sockets:
+                bound.setblocking(False)
+            server = asyncio.base_events.Server(self, sockets, protocol_factory, *args)
+        except BaseException:
+            for bound in sockets:
+                bound.close()
+            raise
+        if start_serving:
+            try:
+                server._start_serving()  # type: ignore[attr-defined]  # asyncio.Server internals, the stdlib base only
+                # One loop iteration, so that every add_reader goes through (asyncio does the same).
+                await asyncio.sleep(0)
+            except BaseException:
+                server.close()
+                raise
+        return server
+
     async def _exclusive_no_socket(
         self,
         infos: list[Any],
@@ -282,13 +321,7 @@ class ExclusiveLoopMixin(_LoopBase):
             # Python 3.13 raises here (bpo-30945); earlier ones serve nothing.
             raise OSError(f"could not bind on any address out of {[info[4] for info in infos]!r}")
         if self._exclusive_stdlib:
-            args: list[Any] = [tls["ssl"], backlog, tls["ssl_handshake_timeout"]]
-            if sys.version_info >= (3, 11):
-                args.append(tls.get("ssl_shutdown_timeout"))
-            server = asyncio.base_events.Server(self, [], protocol_factory, *args)
-            if start_serving:
-                server._start_serving()  # type: ignore[attr-defined]  # asyncio.Server internals, the stdlib base only
-            return server
+            return await self._exclusive_stdlib_server([], protocol_factory, backlog, start_serving, tls)
         server_class = libuv_server_class(self)
         if server_class is not None:
             # uvloop/winloop: their own Server class, empty (it is serving once started, as theirs is).

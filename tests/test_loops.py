@@ -674,3 +674,33 @@ def test_uvloop_callers_udp_sock_is_cleaned_before_its_protocol_exists() -> None
 
     run(main(), "uvloop")
     assert seen == [(0, 0)]
+
+
+@needs_ipv6
+@pytest.mark.parametrize("start_serving", [True, False])
+def test_several_addresses_on_asyncio_give_asyncios_own_server(start_serving: bool) -> None:
+    """As asyncio's create_server: one Server over every address, serving each, closed as one."""
+
+    async def main() -> tuple[str, int, list[bool], bool]:
+        loop = asyncio.get_running_loop()
+        server = await loop.create_server(
+            asyncio.Protocol, ["127.0.0.1", "::1"], 0, start_serving=start_serving
+        )
+        ports = {sock.getsockname()[1] for sock in server.sockets}
+        if not start_serving:
+            await server.start_serving()
+        answered = []
+        for sock in server.sockets:
+            host, port = sock.getsockname()[:2]
+            _, writer = await asyncio.open_connection(host, port)
+            answered.append(True)
+            writer.close()
+        server.close()
+        await server.wait_closed()
+        return type(server).__name__, len(ports), answered, all(sock.fileno() == -1 for sock in server.sockets)
+
+    plain = run_plain(main(), "asyncio")
+    exclusive = run(main(), "asyncio")
+    assert plain[0] == exclusive[0] == "Server"
+    assert exclusive[1] == 1  # port 0: one port for both families (documented)
+    assert exclusive[2] == [True, True]
