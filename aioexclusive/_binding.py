@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import _socket
 import asyncio
+import contextlib
 import contextvars
 import errno
 import functools
@@ -16,7 +17,7 @@ import os
 import socket
 import sys
 import warnings
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from typing import Any, Union
 
 from ._bases import is_libuv, is_stdlib
@@ -28,6 +29,7 @@ __all__ = [
     "AddrInfo",
     "apply_plan",
     "audit_socket",
+    "kernel_view",
     "bind_now",
     "bind_socket",
     "check_port",
@@ -305,13 +307,40 @@ def apply_plan(sock: socket.socket, plan: BindPlan, *, strict: bool = False, add
             warnings.warn(message, ExclusivityWarning, stacklevel=4)
 
 
-def audit_socket(sock: Any, plan: BindPlan) -> None:
-    """Refuse a caller's socket that is shareable under *plan*."""
+@contextlib.contextmanager
+def kernel_view(sock: Any) -> Iterator[Any]:
+    """A C-level socket object over the descriptor *sock* hands the base loop.
+
+    Every base loop adopts ``sock.fileno()``; what that descriptor is, is asked
+    of the kernel through this view, never of *sock*'s own methods, which a
+    socket subclass or a duck-typed object may override to say "unbound", "no
+    SO_REUSEADDR" or "AF_UNIX" about a shareable inet socket. The view is
+    detached afterwards: the descriptor stays the caller's. Something that has
+    no usable descriptor is yielded as it is (the base loop then refuses it in
+    its own words).
+    """
     try:
-        address = sock.getsockname()
-    except OSError:
-        address = None
-    audit_socket_options(plan, read_sharing_options(sock), address=address)
+        fd = sock.fileno()
+        view = _socket.socket(fileno=fd) if isinstance(fd, int) and fd >= 0 else None
+    except (AttributeError, OSError, TypeError, ValueError):
+        view = None
+    if view is None:
+        yield sock
+        return
+    try:
+        yield view
+    finally:
+        view.detach()
+
+
+def audit_socket(sock: Any, plan: BindPlan) -> None:
+    """Refuse a caller's socket that is shareable under *plan* (as the kernel reports it)."""
+    with kernel_view(sock) as view:
+        try:
+            address = view.getsockname()
+        except OSError:
+            address = None
+        audit_socket_options(plan, read_sharing_options(view), address=address)
 
 
 _SO_DOMAIN = getattr(socket, "SO_DOMAIN", None)
@@ -330,11 +359,12 @@ def kernel_kind(sock: Any) -> tuple[int, int]:
     family = int(getattr(sock, "family", 0))
     kind = int(getattr(sock, "type", 0))
     if _SO_DOMAIN is not None and _SO_TYPE is not None:
-        try:
-            family = sock.getsockopt(socket.SOL_SOCKET, _SO_DOMAIN)
-            kind = sock.getsockopt(socket.SOL_SOCKET, _SO_TYPE)
-        except (OSError, AttributeError, TypeError):
-            pass
+        with kernel_view(sock) as view:
+            try:
+                family = view.getsockopt(socket.SOL_SOCKET, _SO_DOMAIN)
+                kind = view.getsockopt(socket.SOL_SOCKET, _SO_TYPE)
+            except (OSError, AttributeError, TypeError):
+                pass
     return family, kind
 
 
@@ -347,14 +377,15 @@ def listen_at_adoption(sock: Any, backlog: int, role: Role) -> None:
     stay open to that until ``start_serving()``. ``listen`` on a socket that
     already listens only changes its backlog, which the base loop does anyway.
     """
-    try:
-        sock.listen(backlog)
-    except OSError as exc:
+    with kernel_view(sock) as view:
         try:
-            address = sock.getsockname()
-        except OSError:
-            address = None
-        raise translate_bind_error(exc, role, address) from exc
+            view.listen(backlog)
+        except OSError as exc:
+            try:
+                address = view.getsockname()
+            except OSError:
+                address = None
+            raise translate_bind_error(exc, role, address) from exc
 
 
 def clear_forbidden_options(sock: Any, plan: BindPlan) -> list[str]:

@@ -30,9 +30,7 @@ outlives an exception or a cancellation.
 
 from __future__ import annotations
 
-import _socket
 import asyncio
-import functools
 import socket
 import sys
 from collections.abc import Awaitable, Callable
@@ -44,6 +42,7 @@ from ._binding import (
     audit_socket,
     bind_now,
     clear_forbidden_options,
+    kernel_view,
     new_socket,
     resolve,
     translate_bind_error,
@@ -63,6 +62,8 @@ __all__ = [
 
 Endpoint = tuple[asyncio.BaseTransport, asyncio.BaseProtocol]
 ProtocolFactory = Callable[[], asyncio.BaseProtocol]
+# Sets options on a socket before anything is sent through it.
+Prepare = Callable[[socket.socket], None]
 
 
 class Candidate(NamedTuple):
@@ -138,7 +139,8 @@ async def resolve_endpoint(
     base: DatagramBase, local_addr: Any, remote_addr: Any, family: int, proto: int, flags: int
 ) -> list[Candidate]:
     """(family, protocol) -> [local, remote] pairs, resolved and matched as asyncio does."""
-    if local_addr is None and remote_addr is None:
+    # asyncio takes an empty address ((), "", []) for none at all; uvloop only None.
+    if (not (local_addr or remote_addr)) if base.stdlib else (local_addr is None and remote_addr is None):
         # asyncio refuses only family 0 here (socket() judges the rest); uvloop any non-IP family.
         if family == 0 or (not base.stdlib and family not in (socket.AF_INET, socket.AF_INET6)):
             raise ValueError("unexpected address family")
@@ -178,29 +180,53 @@ async def open_endpoint(
     plan: BindPlan,
     candidates: list[Candidate],
     allow_broadcast: bool,
+    prepare: Prepare | None = None,
 ) -> Endpoint:
-    """The first candidate that opens, as asyncio tries them; else the first error."""
+    """The first candidate that opens, as asyncio tries them; else the first error.
+
+    *prepare* sets options on the socket before anything can be sent through
+    it (the multicast sender's TTL, interface and loopback): on a socket of
+    ours before bind, on one libuv made before the protocol hears of it.
+    """
     errors: list[OSError] = []
     for candidate in candidates:
         try:
-            return await _open_one(base, protocol_factory, plan, candidate, allow_broadcast)
+            return await _open_one(base, protocol_factory, plan, candidate, allow_broadcast, prepare)
         except OSError as exc:
             errors.append(exc)
     raise errors[0]
 
 
 async def _open_one(
-    base: DatagramBase, protocol_factory: ProtocolFactory, plan: BindPlan, candidate: Candidate, allow_broadcast: bool
+    base: DatagramBase,
+    protocol_factory: ProtocolFactory,
+    plan: BindPlan,
+    candidate: Candidate,
+    allow_broadcast: bool,
+    prepare: Prepare | None,
 ) -> Endpoint:
     """One UDP socket made by the plan, bound, connected, and adopted by the base loop."""
     local, remote = candidate.local, candidate.remote
-    if base.sets_reuse and remote is not None and not plan.set:
-        return await _connected_by_libuv(base, protocol_factory, plan, candidate, allow_broadcast)
+    if (
+        base.sets_reuse
+        and remote is not None
+        and {name for name, _ in plan.set} <= {"SO_REUSEPORT"}
+        and (prepare is None or (local is not None and local[1]))
+    ):
+        # A connected endpoint on libuv: libuv's own path (see _connected_by_libuv),
+        # with SO_REUSEPORT where the loop allows it and the call asked for it.
+        # Options to prepare go on before connect where that matters for
+        # routing (a multicast sender's interface): on a port the kernel picks,
+        # which nobody can aim at, the socket is ours, connected, then adopted.
+        return await _connected_by_libuv(base, protocol_factory, plan, candidate, allow_broadcast, prepare)
     sock = new_socket(candidate.family, socket.SOCK_DGRAM, candidate.proto, plan, strict=base.strict, address=local)
-    # libuv adopts the socket unbound and it is bound inside the factory (see
-    # the module docstring); a connected one was sent to libuv's own path above.
-    bind_later = local if base.sets_reuse and local is not None else None
+    # libuv adopts an unconnected socket unbound, and it is bound inside the
+    # factory (see the module docstring). A connected one is bound first:
+    # connect() would bind it anyway, and libuv must see it connected.
+    bind_later = local if base.sets_reuse and local is not None and remote is None else None
     try:
+        if prepare is not None:
+            prepare(sock)
         enable_broadcast(sock, allow_broadcast)
         if local is not None and bind_later is None:
             bind_now(sock, local, plan.role)
@@ -215,7 +241,12 @@ async def _open_one(
 
 
 async def _connected_by_libuv(
-    base: DatagramBase, protocol_factory: ProtocolFactory, plan: BindPlan, candidate: Candidate, allow_broadcast: bool
+    base: DatagramBase,
+    protocol_factory: ProtocolFactory,
+    plan: BindPlan,
+    candidate: Candidate,
+    allow_broadcast: bool,
+    prepare: Prepare | None,
 ) -> Endpoint:
     """A connected UDP endpoint on uvloop, made by uvloop itself.
 
@@ -226,7 +257,8 @@ async def _connected_by_libuv(
     local_addr/remote_addr path creates the socket in libuv and binds it with
     no reuse flag (uv_udp_bind(..., 0)), which is what the plan asks for on
     POSIX (nothing set, nothing shareable), so it is used as is, with the
-    addresses already resolved.
+    addresses already resolved. *prepare* runs on libuv's socket before the
+    protocol's connection_made, so nothing is sent before it (`_Preparing`).
     """
     family, proto, local, remote = candidate
     if local is not None and local[1]:
@@ -238,22 +270,18 @@ async def _connected_by_libuv(
             bind_now(probe, local, plan.role)
         finally:
             probe.close()
-    building = asyncio.ensure_future(
-        base.create(
-            protocol_factory,
-            local_addr=None if local is None else _host_port_pair(local),
-            remote_addr=_host_port_pair(remote),
-            family=family,
-            proto=proto,
-            allow_broadcast=allow_broadcast or None,
-        )
+    factory = _LibuvFactory(protocol_factory, prepare=prepare)
+    making = base.create(
+        factory,
+        local_addr=None if local is None else _host_port_pair(local),
+        remote_addr=_host_port_pair(remote),
+        family=family,
+        proto=proto,
+        allow_broadcast=allow_broadcast or None,
+        **({"reuse_port": True} if plan.set else {}),
     )
     try:
-        return await asyncio.shield(building)
-    except asyncio.CancelledError:
-        # uvloop makes the transport before its last await: close what it made.
-        building.add_done_callback(functools.partial(_close_built, None))
-        raise
+        return await _built_by_libuv(factory, making)
     except OSError as exc:
         cause = exc.__cause__
         if isinstance(cause, OSError) and is_address_in_use(cause):
@@ -310,56 +338,131 @@ async def adopt(
             drop()
             raise
 
-    factory = _LibuvFactory(sock, plan, protocol_factory, bind_later)
-    # uvloop makes the transport before its last await: cancelled there, it
-    # leaves a live transport nobody holds. So the adoption runs to its end
-    # in a task of its own, and whatever it made is closed if we are cancelled.
-    building = asyncio.ensure_future(base.create(factory, sock=sock))
+    factory = _LibuvFactory(protocol_factory, sock=sock, plan=plan, bind_later=bind_later)
+    return await _built_by_libuv(factory, base.create(factory, sock=sock), sock)
+
+
+async def _built_by_libuv(
+    factory: _LibuvFactory, making: Awaitable[Endpoint], sock: socket.socket | None = None
+) -> Endpoint:
+    """Run a libuv base's create_datagram_endpoint to its end; nothing it made outlives a failure.
+
+    uvloop makes the transport before its last await: cancelled there, it
+    leaves a live transport nobody holds. So the call runs to its end in a
+    task of its own, and whatever it made is closed if we are cancelled. A
+    failure inside the factory (our bind, the caller's protocol factory, the
+    prepare step) is raised here, after the transport libuv made for it is
+    closed by libuv itself: closing the socket under it would close a
+    descriptor number that the next socket of the program may get.
+    """
+    building = asyncio.ensure_future(making)
     try:
         transport, protocol = await asyncio.shield(building)
     except BaseException:
-        if building.done():
-            _close_built(sock, building)
-        else:
-            building.add_done_callback(functools.partial(_close_built, sock))
+        # Cancelled: the call is let finish (a few loop iterations: the
+        # addresses are resolved already) and what it made is closed before the
+        # cancellation goes on, so no task or transport outlives this call.
+        while not building.done():
+            try:
+                await asyncio.wait([building])
+            except asyncio.CancelledError:
+                continue
+        _close_built(sock, building)
         raise
     if factory.failure is not None:
         transport.close()
         await asyncio.sleep(0)
         raise factory.failure
-    return transport, protocol
+    return transport, factory.protocol or protocol
 
 
 class _LibuvFactory:
-    """The protocol factory a libuv loop calls right after ``uv_udp_open``.
+    """The protocol factory handed to a libuv base, which calls it right after ``uv_udp_open``.
 
-    ``uv_udp_open`` turns ``SO_REUSEADDR`` (Linux) / ``SO_REUSEPORT`` (BSD) on
-    for every socket it adopts; this runs before the loop runs again, so
-    whatever the plan forbids is switched off before anything can join the
-    port, then the socket is bound if it still has to be, then the caller's
-    protocol is built.
+    For a socket of ours (*sock*): ``uv_udp_open`` turns ``SO_REUSEADDR``
+    (Linux) / ``SO_REUSEPORT`` (BSD) on for every socket it adopts; this runs
+    before the loop runs again, so whatever the plan forbids is switched off
+    before anything can join the port, then the socket is bound if it still
+    has to be. Then the caller's protocol is built. Nothing raised here
+    reaches libuv (which would leave its half-made transport holding the
+    descriptor): a failure is kept in *failure*, a placeholder protocol is
+    returned, and `_built_by_libuv` closes that transport and raises it.
     """
 
     def __init__(
-        self, sock: socket.socket, plan: BindPlan, protocol_factory: ProtocolFactory, bind_later: Any = None
+        self,
+        protocol_factory: ProtocolFactory,
+        *,
+        sock: socket.socket | None = None,
+        plan: BindPlan | None = None,
+        bind_later: Any = None,
+        prepare: Prepare | None = None,
     ) -> None:
+        self.protocol_factory = protocol_factory
         self.sock = sock
         self.plan = plan
-        self.protocol_factory = protocol_factory
         self.bind_later = bind_later
-        self.failure: OSError | None = None
+        self.prepare = prepare
+        self.failure: BaseException | None = None
+        # The caller's protocol when libuv was given a stand-in for it (_Preparing).
+        self.protocol: asyncio.BaseProtocol | None = None
 
     def __call__(self) -> asyncio.BaseProtocol:
-        clear_forbidden_options(self.sock, self.plan)
-        if self.bind_later is not None:
-            try:
-                bind_now(self.sock, self.bind_later, self.plan.role)
-            except OSError as exc:
-                # Raising here would leave uvloop's half-made transport
-                # unclosed; hand it a placeholder, and adopt() closes it.
-                self.failure = exc
-                return asyncio.DatagramProtocol()
-        return self.protocol_factory()
+        if self.sock is not None and self.plan is not None:
+            clear_forbidden_options(self.sock, self.plan)
+            if self.bind_later is not None:
+                try:
+                    bind_now(self.sock, self.bind_later, self.plan.role)
+                except OSError as exc:
+                    self.failure = exc
+                    return asyncio.DatagramProtocol()
+        try:
+            protocol = self.protocol_factory()
+        except Exception as exc:
+            self.failure = exc
+            return asyncio.DatagramProtocol()
+        if self.prepare is None:
+            return protocol
+        self.protocol = protocol
+        return _Preparing(self, protocol)
+
+
+class _Preparing(asyncio.DatagramProtocol):
+    """Stands in for the caller's protocol until *prepare* has run on the transport's socket.
+
+    libuv's own path makes and connects the socket itself, and the protocol's
+    ``connection_made`` is the first moment it can send through it: the
+    options are set just before, then the transport is handed to the
+    caller's protocol, and this one is gone.
+    """
+
+    def __init__(self, factory: _LibuvFactory, app: asyncio.BaseProtocol) -> None:
+        self.factory = factory
+        # Any: a datagram protocol in practice, though the factory's type says BaseProtocol.
+        self.app: Any = app
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert self.factory.prepare is not None
+        try:
+            with kernel_view(transport.get_extra_info("socket")) as view:
+                self.factory.prepare(view)
+        except OSError as exc:
+            self.factory.failure = exc
+            transport.set_protocol(asyncio.DatagramProtocol())
+            return
+        transport.set_protocol(self.app)
+        self.app.connection_made(transport)
+
+    # Anything before connection_made goes to the caller's protocol, as it would have.
+    def datagram_received(self, data: bytes, addr: Any) -> None:
+        self.app.datagram_received(data, addr)
+
+    def error_received(self, exc: Exception) -> None:
+        self.app.error_received(exc)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self.factory.failure is None:
+            self.app.connection_lost(exc)
 
 
 async def adopt_given_socket(
@@ -394,7 +497,8 @@ async def adopt_given_socket(
                 )
             # Unbound: uv_udp_open's option is switched off in the factory,
             # before anything can bind the socket.
-            factory = _LibuvFactory(sock, plan, protocol_factory)
+            built = _LibuvFactory(protocol_factory, sock=sock, plan=plan)
+            return await _built_by_libuv(built, base.create(built, sock=sock, **arguments))
     return await base.create(factory, sock=sock, **arguments)
 
 
@@ -410,12 +514,13 @@ def _close_built(sock: socket.socket | None, building: asyncio.Future[Any]) -> N
 
 
 def _is_bound(sock: Any) -> bool:
-    # Asked of the kernel through the C method: a socket subclass may override
-    # getsockname() and say "unbound" about a bound socket.
-    try:
-        address = _socket.socket.getsockname(sock) if isinstance(sock, _socket.socket) else sock.getsockname()
-    except OSError:
-        return False
+    # Asked of the kernel (kernel_view): a socket subclass or a duck-typed
+    # object may say "unbound" about a bound socket.
+    with kernel_view(sock) as view:
+        try:
+            address = view.getsockname()
+        except OSError:
+            return False
     return isinstance(address, tuple) and len(address) >= 2 and bool(address[1])
 
 

@@ -390,19 +390,28 @@ class ExclusiveLoopMixin(_LoopBase):
                 local_addr=local_addr, remote_addr=remote_addr, **passed,
             ))
         if family == getattr(socket, "AF_UNIX", None):
-            if stdlib and isinstance(local_addr, str) and not reuse_port:
-                from ._unix import create_unix_datagram_endpoint, guards_path
+            if stdlib and isinstance(local_addr, str):
+                from ._unix import create_unix_datagram_endpoint, guards_path, refuse_live_path
 
                 if guards_path(local_addr):
-                    # asyncio removes a live datagram server's socket file here;
-                    # bind the path by the AF_UNIX rules instead (_unix.py).
-                    base.check_open()
-                    return cast(_Made, await create_unix_datagram_endpoint(
-                        base, protocol_factory, local_addr, remote_addr, proto=proto, allow_broadcast=allow_broadcast
-                    ))
+                    if reuse_port:
+                        # asyncio removes the file it finds, a live server's too, and only
+                        # then refuses reuse_port for AF_UNIX: keep a live one, let it refuse.
+                        refuse_live_path(local_addr)
+                    else:
+                        # asyncio removes a live datagram server's socket file here;
+                        # bind the path by the AF_UNIX rules instead (_unix.py).
+                        if reuse_address is not _UNSET and not reuse_address:
+                            warnings.warn(_REUSE_ADDRESS_DEPRECATED["asyncio"], DeprecationWarning, stacklevel=2)
+                        base.check_open()
+                        return cast(_Made, await create_unix_datagram_endpoint(
+                            base, protocol_factory, local_addr, remote_addr, proto=proto,
+                            allow_broadcast=allow_broadcast,
+                        ))
             return cast(_Made, await base.create(protocol_factory, local_addr, remote_addr, **passed))
-        base.check_open()
         candidates = await resolve_endpoint(base, local_addr, remote_addr, family, proto, flags)
+        # After the addresses, as asyncio finds a closed loop only once it uses it.
+        base.check_open()
         if stdlib and reuse_address is not _UNSET and not reuse_address:
             warnings.warn(_REUSE_ADDRESS_DEPRECATED["asyncio"], DeprecationWarning, stacklevel=2)
         return cast(_Made, await open_endpoint(base, protocol_factory, plan, candidates, bool(allow_broadcast)))

@@ -14,14 +14,15 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import functools
 import ipaddress
 import logging
 import socket
 from collections.abc import Callable
 from typing import Any
 
-from ._binding import new_socket, open_bound_sockets
-from ._datagram import DatagramBase, adopt, enable_broadcast, resolve_address
+from ._binding import open_bound_sockets
+from ._datagram import Candidate, DatagramBase, adopt, enable_broadcast, open_endpoint, resolve_address
 from ._multicast_plan import (
     FACTS,
     LEVELS,
@@ -380,13 +381,14 @@ async def create_multicast_endpoint(
             "multicast= and sock= can not be combined: the loop binds and joins a multicast socket itself "
             "(pass local_addr=(group, port))"
         )
-    base.check_open()
     platform = current_platform()
     local = remote = None
     if local_addr is not None:
         local = await resolve_address(base, "local_addr", local_addr, family=family, proto=proto, flags=flags)
     if remote_addr is not None:
         remote = await resolve_address(base, "remote_addr", remote_addr, family=family, proto=proto, flags=flags)
+    # After the addresses, as the unicast path (and asyncio) find a closed loop.
+    base.check_open()
 
     if local is not None and all(ip_of(info[4]).is_multicast for info in local):
         if remote_addr is not None:
@@ -498,21 +500,14 @@ async def _sender(
         bound = next((info for info in local if info[0] == fam), None)
         if bound is None:
             raise ValueError("local_addr and remote_addr are of different address families")
-    if bound is not None:
-        sock = _one_bound_socket(bound, plan, base.strict)
-    else:
-        # Unbound: the OS picks the port at connect/first send. The plan still
-        # applies (Windows: SO_EXCLUSIVEADDRUSE before that implicit bind).
-        sock = new_socket(fam, socket.SOCK_DGRAM, proto, plan, strict=base.strict)
-    try:
-        _apply_all(sock, setup, f"sending to {target[0] if target else 'a group'} on {iface.label}")
-        enable_broadcast(sock, allow_broadcast)
-        if target is not None:
-            await base.loop.sock_connect(sock, target)
-    except BaseException:
-        sock.close()
-        raise
-    # The one adoption path: the transport knows its peer (the Proactor loop
-    # needs that for a connected socket), and whatever a base loop turns on
-    # when adopting it is switched off again.
-    return await adopt(base, protocol_factory, sock, plan, remote=target)
+    what = f"sending to {target[0] if target else 'a group'} on {iface.label}"
+    # The unicast path, whole: the plan's exclusive socket, bound and connected
+    # as the base loop would (on uvloop without a moment of libuv's SO_REUSEADDR
+    # on a bound socket), with the sender options set before anything can be
+    # sent. Unbound, the OS picks the port at connect or first send, and the
+    # plan still applies (Windows: SO_EXCLUSIVEADDRUSE before that implicit bind).
+    candidate = Candidate(fam, proto, None if bound is None else bound[4], target)
+    return await open_endpoint(
+        base, protocol_factory, plan, [candidate], bool(allow_broadcast),
+        prepare=functools.partial(_apply_all, opts=setup, what=what),
+    )

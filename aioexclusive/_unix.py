@@ -74,6 +74,7 @@ __all__ = [
     "bind_unix_listener",
     "bind_unix_path",
     "create_unix_datagram_endpoint",
+    "refuse_live_path",
     "guards_path",
     "probe_unix_path",
     "remove_own_path",
@@ -100,6 +101,17 @@ def guards_path(path: Any) -> bool:
         return False
     # Abstract namespace: no file, nothing to unlink, the kernel refuses duplicates.
     return name[0] not in (0, "\0")
+
+
+def refuse_live_path(path: str) -> None:
+    """`AddressInUseError` if a live server answers at *path*; anything else is left to the caller.
+
+    For the calls handed to asyncio unchanged (``reuse_port=True`` under
+    ``allow_reuse_port``, which asyncio refuses for AF_UNIX only *after* it
+    removed the socket file it found): a live server's file is never removed.
+    """
+    if probe_unix_path(path) == "live":
+        raise _live_error(path)
 
 
 def _in_use_error(shown: Any, detail: str = "") -> OSError:

@@ -14,7 +14,7 @@ import socket
 import sys
 import warnings
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import pytest
 from attacker import Attacker, BindResult, send_traffic, sockets_on_port
@@ -282,21 +282,22 @@ async def _race(
 # the connected case: a loud OSError all the same, never a share.
 @pytest.mark.filterwarnings("ignore::ResourceWarning", "ignore::pytest.PytestUnraisableExceptionWarning")
 @pytest.mark.skipif(not HAVE_UVLOOP, reason="uvloop is not installed")
-@pytest.mark.parametrize("connected", [False, True], ids=["local_addr", "local_and_remote_addr"])
-def test_uvloop_udp_endpoint_never_shareable_under_a_racing_attacker(
-    other_user_attacker: Attacker, connected: bool
-) -> None:
+@pytest.mark.parametrize("kind", ["local_addr", "local_and_remote_addr", "multicast_sender"])
+def test_uvloop_udp_endpoint_never_shareable_under_a_racing_attacker(other_user_attacker: Attacker, kind: str) -> None:
+    """The racer co-bound a multicast sender with a fixed port (bound, then adopted) before it took libuv's own path."""
     port = _free_udp_port()
 
     async def scenario() -> dict[str, int]:
-        loop = asyncio.get_running_loop()
-        remote = ("127.0.0.1", 9) if connected else None
+        loop: Any = asyncio.get_running_loop()  # Any: multicast= is the exclusive loop's own keyword
+        # A sender to a group on lo: connect() alone, nothing is sent.
+        remote = {"local_addr": None, "local_and_remote_addr": ("127.0.0.1", 9)}.get(kind, ("239.1.2.3", 5000))
+        extra = {"multicast": aioexclusive.Multicast(interface="lo", ttl=2)} if kind == "multicast_sender" else {}
 
         async def open_endpoint() -> asyncio.DatagramTransport:
             transport, _ = await loop.create_datagram_endpoint(
-                asyncio.DatagramProtocol, local_addr=("127.0.0.1", port), remote_addr=remote
+                asyncio.DatagramProtocol, local_addr=("127.0.0.1", port), remote_addr=remote, **extra
             )
-            return transport
+            return transport  # type: ignore[no-any-return]
 
         return await _race(other_user_attacker, port, open_endpoint)
 

@@ -135,8 +135,10 @@ def test_cancelled_adoption_leaves_nothing(base: str, kind: str) -> None:
             "sender": {"family": socket.AF_INET, "multicast": True},
         }[kind]
 
-        async def main() -> int:
+        async def main() -> tuple[int, set[int]]:
             loop = asyncio.get_running_loop()
+            # Counted inside the running loop: the loop's own descriptors are not ours to judge.
+            before = _open_fds()
             cancelled = 0
             for steps in range(8):
                 task = loop.create_task(loop.create_datagram_endpoint(asyncio.DatagramProtocol, **kwargs))
@@ -151,14 +153,12 @@ def test_cancelled_adoption_leaves_nothing(base: str, kind: str) -> None:
                     transport.close()
                 for _ in range(3):
                     await asyncio.sleep(0)
-            return cancelled
+            gc.collect()
+            return cancelled, _open_fds() - before
 
-        before = _open_fds()
-        loop = aioexclusive.new_event_loop(base=base)
-        cancelled = _run(main, loop)
-        gc.collect()
+        cancelled, leaked = _run(main, aioexclusive.new_event_loop(base=base))
         assert cancelled >= 1
-        assert _open_fds() - before == set()
+        assert leaked == set()
 
 
 @pytest.mark.skipif(not HAVE_UVLOOP, reason="uvloop is not installed")
@@ -201,3 +201,236 @@ def test_uvloop_subclass_udp_endpoint_is_not_joinable(
     else:
         assert reuse, "control: uvloop no longer sets SO_REUSEADDR on adopted UDP sockets"
         assert result.ok, f"control: another user should join the uncleaned socket, got {result}"
+
+
+# -- what the third red team found (each test fails on the code before its fix) ------------------
+
+
+class _HidesReuseAddr(socket.socket):
+    """Says SO_REUSEADDR is off, whatever the kernel says."""
+
+    def getsockopt(self, *args: Any) -> Any:
+        if args[:2] == (socket.SOL_SOCKET, socket.SO_REUSEADDR):
+            return 0
+        return super().getsockopt(*args)
+
+
+@pytest.mark.parametrize("base", BASES)
+def test_sock_audit_asks_the_kernel_not_the_objects_getsockopt(base: str, other_user_attacker: Attacker) -> None:
+    """A bound SO_REUSEADDR socket whose getsockopt lies is refused; the plain loop adopts it and loses the port."""
+
+    def lying_socket() -> socket.socket:
+        sock = _HidesReuseAddr(socket.AF_INET, socket.SOCK_DGRAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(("127.0.0.1", 0))
+        return sock
+
+    async def adopt(sock: socket.socket) -> BindResult | None:
+        transport, _ = await asyncio.get_running_loop().create_datagram_endpoint(asyncio.DatagramProtocol, sock=sock)
+        try:
+            port = sock.getsockname()[1]
+            return other_user_attacker.try_bind("udp", 4, "127.0.0.1", port, OPTION_SETS["SO_REUSEADDR"])
+        finally:
+            transport.close()
+            await asyncio.sleep(0)
+
+    sock = lying_socket()
+    with pytest.raises(aioexclusive.ExclusivityError, match="SO_REUSEADDR"):
+        _run(lambda: adopt(sock), aioexclusive.new_event_loop(base=base))
+    sock.close()
+    control = _run(lambda: adopt(lying_socket()), _plain_loop(base))
+    assert control is not None and control.ok, f"control: another user should join the plain loop's socket: {control}"
+
+
+@pytest.mark.skipif(not HAVE_UVLOOP, reason="uvloop is not installed")
+def test_uvloop_cleans_a_socket_that_claims_to_be_af_unix() -> None:
+    """An inet socket whose getsockopt(SO_DOMAIN) says AF_UNIX still gets libuv's SO_REUSEADDR switched off."""
+
+    class SaysUnix(socket.socket):
+        def getsockopt(self, *args: Any) -> Any:
+            if args[:2] == (socket.SOL_SOCKET, getattr(socket, "SO_DOMAIN", 39)):
+                return socket.AF_UNIX
+            return super().getsockopt(*args)
+
+    sock = SaysUnix(socket.AF_INET, socket.SOCK_DGRAM)  # unbound: uvloop may take it
+
+    async def main() -> int:
+        transport, _ = await asyncio.get_running_loop().create_datagram_endpoint(asyncio.DatagramProtocol, sock=sock)
+        try:
+            return int(socket.socket.getsockopt(sock, socket.SOL_SOCKET, socket.SO_REUSEADDR))
+        finally:
+            transport.close()
+            await asyncio.sleep(0)
+
+    assert _run(main, aioexclusive.new_event_loop(base="uvloop")) == 0
+
+
+@pytest.mark.skipif(not HAVE_UVLOOP, reason="uvloop is not installed")
+def test_uvloop_refuses_a_bound_duck_typed_sock_that_says_unbound() -> None:
+    class Duck:
+        def __init__(self, sock: socket.socket) -> None:
+            self._sock = sock
+            self.family, self.type = sock.family, sock.type
+
+        def fileno(self) -> int:
+            return self._sock.fileno()
+
+        def getsockname(self) -> Any:
+            return ("0.0.0.0", 0)
+
+        def __getattr__(self, name: str) -> Any:
+            return getattr(self._sock, name)
+
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+
+        async def main() -> None:
+            await asyncio.get_running_loop().create_datagram_endpoint(asyncio.DatagramProtocol, sock=Duck(sock))  # type: ignore[arg-type]  # the point: not a socket
+
+        with pytest.raises(aioexclusive.ExclusivityError, match="local_addr"):
+            _run(main, aioexclusive.new_event_loop(base="uvloop"))
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="counts descriptors through /proc")
+@pytest.mark.parametrize("base", BASES)
+@pytest.mark.parametrize(
+    "kwargs",
+    [{"local_addr": ("127.0.0.1", 0)}, {"family": socket.AF_INET}, {"local_addr": ("127.0.0.1", 0), "remote_addr": ("127.0.0.1", 9)}],
+    ids=["local", "family", "connected"],
+)
+def test_a_failing_protocol_factory_closes_nothing_else(base: str, kwargs: dict[str, Any]) -> None:
+    """The caller's factory raises: its exception comes out, no descriptor leaks, and none is closed twice.
+
+    (On uvloop the socket was closed under libuv's half-made transport, which
+    later closed the same number again: the program's next socket.)
+    """
+
+    def broken() -> asyncio.DatagramProtocol:
+        raise ZeroDivisionError("the caller's factory")
+
+    async def main() -> socket.socket:
+        with pytest.raises(ZeroDivisionError):
+            await asyncio.get_running_loop().create_datagram_endpoint(broken, **kwargs)
+        for _ in range(3):
+            await asyncio.sleep(0)
+        return socket.socket(socket.AF_INET, socket.SOCK_DGRAM)  # likely the number just freed
+
+    before = _open_fds()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ResourceWarning)
+        nxt = _run(main, aioexclusive.new_event_loop(base=base))
+        gc.collect()
+    try:
+        nxt.bind(("127.0.0.1", 0))  # EBADF if something closed it under us
+        assert nxt.fileno() in _open_fds()
+        assert _open_fds() - before == {nxt.fileno()}
+    finally:
+        nxt.close()
+
+
+def test_unix_reuse_port_never_removes_a_live_servers_file(tmp_path: Any) -> None:
+    """allow_reuse_port + reuse_port=True hands AF_UNIX to asyncio, which removed a live server's file first."""
+    if not hasattr(socket, "AF_UNIX"):
+        pytest.skip("no AF_UNIX")
+    path = str(tmp_path / "live.sock")
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as live:
+        live.bind(path)
+        inode = os.stat(path).st_ino
+
+        async def main() -> None:
+            await asyncio.get_running_loop().create_datagram_endpoint(
+                asyncio.DatagramProtocol, local_addr=path, family=socket.AF_UNIX, reuse_port=True
+            )
+
+        with pytest.raises(aioexclusive.AddressInUseError):
+            _run(main, aioexclusive.new_event_loop(allow_reuse_port=True))
+        assert os.stat(path).st_ino == inode
+
+
+@pytest.mark.skipif(not HAVE_UVLOOP, reason="uvloop is not installed")
+def test_uvloop_connected_endpoint_with_allowed_reuse_port_opens_like_plain_uvloop() -> None:
+    async def main() -> tuple[Any, int]:
+        transport, _ = await asyncio.get_running_loop().create_datagram_endpoint(
+            asyncio.DatagramProtocol, local_addr=("127.0.0.1", 0), remote_addr=("127.0.0.1", 9), reuse_port=True
+        )
+        try:
+            sock = transport.get_extra_info("socket")
+            return transport.get_extra_info("peername"), sock.getsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT)
+        finally:
+            transport.close()
+            await asyncio.sleep(0)
+
+    assert _run(main, aioexclusive.new_event_loop(base="uvloop", allow_reuse_port=True)) == (("127.0.0.1", 9), 1)
+
+
+# The plain asyncio loop, called on a closed loop with no address, makes a transport
+# it cannot start and leaves it to the garbage collector (a ResourceWarning); the
+# exclusive loop raises the same error before it makes anything.
+@pytest.mark.filterwarnings("ignore::ResourceWarning", "ignore::pytest.PytestUnraisableExceptionWarning")
+@pytest.mark.parametrize("base", BASES)
+@pytest.mark.parametrize(
+    "kwargs",
+    [{}, {"local_addr": (1, 2, 3)}, {"local_addr": ()}, {"local_addr": "", "family": socket.AF_INET},
+     {"remote_addr": [], "family": socket.AF_INET6}],
+    ids=repr,
+)
+def test_closed_loop_and_empty_addresses_as_the_base_loop(base: str, kwargs: dict[str, Any]) -> None:
+    """Argument errors before the closed-loop error, and an empty address is none at all (asyncio)."""
+    for closed in (True, False):
+        loops = [_plain_loop(base), aioexclusive.new_event_loop(base=base)]
+        results = []
+        for loop in loops:
+            if closed:
+                loop.close()
+
+                async def attempt() -> tuple[str, str]:
+                    try:
+                        transport, _ = await loop.create_datagram_endpoint(asyncio.DatagramProtocol, **kwargs)
+                    except (TypeError, ValueError, AssertionError, OSError, RuntimeError) as exc:
+                        return type(exc).__name__, str(exc)
+                    transport.close()
+                    return "ok", ""
+
+                coro = attempt()
+                try:
+                    coro.send(None)
+                except StopIteration as stop:
+                    results.append(stop.value)
+                else:  # pragma: no cover - it awaited something on a closed loop
+                    coro.close()
+                    results.append(("awaited", ""))
+            else:
+                results.append(_outcome(loop, **kwargs))
+        assert results[0] == results[1], (closed, results)
+
+
+@pytest.mark.parametrize("base", BASES)
+@pytest.mark.parametrize("local", [None, ("127.0.0.1", 0), ("127.0.0.1", "fixed")], ids=["unbound", "port0", "fixed"])
+def test_multicast_sender_options_are_set_before_the_protocol_can_send(base: str, local: Any) -> None:
+    """Whichever way the sender's socket is made (ours, or libuv's own path), its TTL is in force at connection_made."""
+    if local is not None and local[1] == "fixed":
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+            probe.bind(("127.0.0.1", 0))
+            local = ("127.0.0.1", probe.getsockname()[1])
+    seen: list[int] = []
+
+    class Sender(asyncio.DatagramProtocol):
+        def connection_made(self, transport: Any) -> None:
+            sock = transport.get_extra_info("socket")
+            seen.append(sock.getsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_TTL))
+
+    async def main() -> tuple[Any, Any]:
+        loop: Any = asyncio.get_running_loop()
+        transport, protocol = await loop.create_datagram_endpoint(
+            Sender, local_addr=local, remote_addr=("239.1.2.3", 5000),
+            multicast=aioexclusive.Multicast(interface="lo", ttl=3),
+        )
+        try:
+            return transport.get_protocol(), protocol
+        finally:
+            transport.close()
+            await asyncio.sleep(0)
+
+    held, returned = _run(main, aioexclusive.new_event_loop(base=base))
+    assert seen == [3]
+    assert isinstance(returned, Sender) and held is returned  # the caller's protocol, not a stand-in
