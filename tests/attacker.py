@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import codecs
 import errno
+import gc
 import json
 import os
 import select
@@ -69,6 +70,30 @@ def drop_to(uid: int | None) -> None:
         os.setgroups([])
         os.setgid(uid)
         os.setuid(uid)
+
+
+def close_inherited(*keep: int) -> None:
+    """In a forked child: close every descriptor but stdio and *keep*.
+
+    A stranger holds nothing of its parent's. A copy of the victim's listener
+    would make the child one of its holders (the audit names its oldest holder,
+    and judges "the same process" by holders), and would keep the parent's
+    sockets alive past their close. The garbage collector is switched off first:
+    a parent's socket object collected here would close whatever new socket
+    reused its number.
+    """
+    gc.disable()
+    low = 3
+    for fd in sorted(k for k in keep if k >= low):
+        os.closerange(low, fd)
+        low = fd + 1
+    os.closerange(low, os.sysconf("SC_OPEN_MAX"))
+
+
+def become_stranger(uid: int | None, *keep: int) -> None:
+    """In a forked child: `close_inherited` (but *keep*), then `drop_to` *uid*."""
+    close_inherited(*keep)
+    drop_to(uid)
 
 
 def accept_waiting(listener: socket.socket) -> int:
@@ -234,8 +259,7 @@ class Attacker:
         if pid == 0:  # pragma: no cover - runs in the child
             code = 0
             try:
-                parent.close()
-                drop_to(uid)
+                become_stranger(uid, child.fileno())
                 _serve(child)
             except BaseException:
                 code = 1
@@ -391,9 +415,7 @@ class FastPathAttacker:
         if pid == 0:  # pragma: no cover - the child
             code = 0
             try:
-                os.close(to_child_w)
-                os.close(from_child_r)
-                drop_to(uid)
+                become_stranger(uid, to_child_r, from_child_w)
                 self._child(to_child_r, from_child_w, port, prime_at, prime_reuseaddr, bindtodevice, keep_prime)
             except BaseException:
                 code = 1

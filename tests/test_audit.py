@@ -668,6 +668,54 @@ def test_attackers_held_prime_is_not_a_hold() -> None:
         service.close()
 
 
+def _fork_with_a_lower_pid() -> int:
+    """fork(), after asking the kernel for a pid below ours (as after pid wrap-around); 0 in the child.
+
+    Skips when the kernel gave another (a process forked in between took it).
+    """
+    target = next(
+        (n for n in range(os.getpid() // 2, 300, -1) if not os.path.exists(f"/proc/{n}")), None
+    )
+    if target is None:
+        pytest.skip("no free pid below this process's")
+    with open("/proc/sys/kernel/ns_last_pid", "w") as f:
+        f.write(str(target - 1))
+    pid = os.fork()
+    if pid and pid > os.getpid():
+        os.kill(pid, 9)
+        os.waitpid(pid, 0)
+        pytest.skip(f"the kernel gave pid {pid}, not one below ours")
+    return pid
+
+
+@pytest.mark.skipif(not IS_ROOT, reason="asking the kernel for a pid writes /proc/sys/kernel/ns_last_pid (root)")
+def test_owner_is_the_oldest_holder_when_pids_wrap() -> None:
+    # A forked child holds a copy of the listener (prefork servers do this) and, the pids having
+    # wrapped, has a lower pid than its parent: the row still names the parent, which made it.
+    # CI's pids wrapped once and the audit named the child.
+    from aioexclusive._cli.audit import audit
+
+    service = socket.create_server(("127.0.0.1", 0))
+    port = service.getsockname()[1]
+    hold_r, hold_w = os.pipe()
+    pid = _fork_with_a_lower_pid()
+    if pid == 0:  # pragma: no cover - the child: holds its copy until the parent is done
+        os.close(hold_w)
+        os.read(hold_r, 1)
+        os._exit(0)
+    os.close(hold_r)
+    try:
+        assert pid < os.getpid()
+        report = audit(ports=str(port))
+        row = _row(report, "tcp", port, "127.0.0.1")
+        assert row["pid"] == os.getpid(), row
+        assert sorted(row["_pids"]) == sorted([pid, os.getpid()]), row
+    finally:
+        os.close(hold_w)
+        os.waitpid(pid, 0)
+        service.close()
+
+
 @pytest.mark.skipif(not IS_ROOT, reason="the fast-path attack runs as uid 65534")
 @pytest.mark.parametrize("host", ["127.0.0.1", "::"], ids=["loopback", "ipv6-wildcard"])
 def test_exclusive_loop_server(victims: list[Victim], same_user_attacker: Any, other_user_attacker: Any,

@@ -19,7 +19,7 @@ from contextlib import contextmanager
 from typing import Any
 
 import pytest
-from attacker import NOBODY, FastPathAttacker, accept_waiting, drop_to, on_cpu_0
+from attacker import NOBODY, FastPathAttacker, accept_waiting, become_stranger, on_cpu_0
 from harness import IS_ROOT, needs_ipv6
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="Linux kernel rules and /proc")
@@ -229,9 +229,7 @@ def _reuseport_service_as(uid: int) -> Iterator[int]:
     pid = os.fork()
     if pid == 0:  # pragma: no cover - the child
         try:
-            os.close(r)
-            os.close(done_w)
-            drop_to(uid)
+            become_stranger(uid, w, done_r)
             sock = socket.socket()
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
             sock.bind(("127.0.0.1", 0))
@@ -363,4 +361,24 @@ def test_fix_line_for_a_python_service_points_to_the_exclusive_loop() -> None:
         assert code == 1
         assert "new_event_loop" in report["fix"]
     finally:
+        service.close()
+
+
+@needs_root
+def test_the_attacking_agent_holds_nothing_of_the_probing_program() -> None:
+    # The probe runs in-process too (`probe()` from a service's own tests): its agent, forked and
+    # dropped to another user, must not keep a copy of the program's listener (it would be one more
+    # holder of the service's socket, and keep it open after the program closes it).
+    from aioexclusive._cli.attack import Agent
+
+    service = socket.create_server(("127.0.0.1", 0))
+    inode = os.fstat(service.fileno()).st_ino
+    agent = Agent(NOBODY, NOBODY)
+    try:
+        assert agent.whoami()["uid"] == NOBODY
+        held = {os.readlink(f"/proc/{agent.pid}/fd/{fd}") for fd in os.listdir(f"/proc/{agent.pid}/fd")}
+        assert f"socket:[{inode}]" not in held, held
+        assert len(held) <= 4, held  # stdio and its end of the socketpair
+    finally:
+        agent.close()
         service.close()

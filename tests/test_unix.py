@@ -13,6 +13,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
+from attacker import become_stranger
 from harness import run, run_plain
 
 import aioexclusive
@@ -363,14 +364,7 @@ class _Child:
             try:
                 # Nothing of the parent's: its sockets (kept alive by a copy
                 # here) and its locks (shared through the descriptor) stay its own.
-                low, high = sorted((ready_w, self._stop_r))
-                os.closerange(0, low)
-                os.closerange(low + 1, high)
-                os.closerange(high + 1, 65536)
-                if uid is not None:
-                    os.setgroups([])
-                    os.setgid(uid)
-                    os.setuid(uid)
+                become_stranger(uid, ready_w, self._stop_r)
                 keep = action()  # noqa: F841 - held until told to stop
                 os.write(ready_w, b"k")
                 os.read(self._stop_r, 1)

@@ -14,6 +14,7 @@ Parent and child speak JSON lines.
 from __future__ import annotations
 
 import errno as _errno
+import gc
 import json
 import os
 import select
@@ -223,6 +224,20 @@ def resolve_user(name: str) -> tuple[int, int]:
     return entry.pw_uid, entry.pw_gid
 
 
+def _close_inherited(keep: int) -> None:
+    """In the forked agent: close every descriptor but stdio and *keep*.
+
+    The agent is another party, often another user: it must not hold the probing
+    program's sockets (a copy of a listener makes the agent one of its holders and
+    keeps it open after the program closes it) or anything else the program had
+    open. The garbage collector goes off first, so that no parent's socket object
+    collected here closes a new socket that reused its number.
+    """
+    gc.disable()
+    os.closerange(3, keep)
+    os.closerange(max(keep + 1, 3), os.sysconf("SC_OPEN_MAX"))
+
+
 class Agent:
     """A separate process that makes bind attempts on request, as *uid* if given (root only)."""
 
@@ -245,7 +260,7 @@ class Agent:
         if pid == 0:  # pragma: no cover - runs in the child
             code = 0
             try:
-                parent.close()
+                _close_inherited(child.fileno())
                 if uid is not None:
                     os.setgroups([])
                     os.setgid(gid if gid is not None else uid)

@@ -560,6 +560,27 @@ class _Process:
     cmdline: list[str]
 
 
+def _started(pid: int) -> int:
+    """When *pid* started (clock ticks since boot, /proc/PID/stat field 22); a process gone sorts last."""
+    stat = _read_text(f"/proc/{pid}/stat")
+    # The name (field 2) is in parentheses and may hold spaces and ")": split after its last ")".
+    fields = stat[stat.rfind(")") + 2 :].split()
+    try:
+        return int(fields[19])
+    except (IndexError, ValueError):
+        return sys.maxsize
+
+
+def _oldest_first(holders: Iterable[tuple[int, int]]) -> list[tuple[int, int]]:
+    """*holders* (pid, fd), the oldest process first: the one that made the socket, before the children
+    that inherited it. Not the lowest pid: pids wrap, and a child forked after the wrap has a lower one."""
+    started: dict[int, int] = {}
+    for pid, _ in holders:
+        if pid not in started:
+            started[pid] = _started(pid)
+    return sorted(holders, key=lambda holder: (started[holder[0]], holder))
+
+
 def _process(pid: int | None, cache: dict[int, _Process]) -> _Process:
     if pid is None:
         return _Process("?", [])
@@ -660,7 +681,7 @@ def audit(
     selected.sort(key=lambda s: min(scan.owners.get(s.inode, [(0, 0)])))
     try:
         for sock in selected:
-            holders = sorted(scan.owners.get(sock.inode, ()))
+            holders = _oldest_first(scan.owners.get(sock.inode, ()))
             options, why = reader.options(sock, holders)
             observed.append(Observed(sock, holders, options, why))
         blind_pids: set[int] = set(scan.unreadable)
