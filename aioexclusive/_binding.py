@@ -18,11 +18,11 @@ import socket
 import sys
 import warnings
 from collections.abc import Iterable, Iterator, Sequence
-from typing import Any, Union
+from typing import Any
 
+from . import _wildcard
 from ._bases import is_libuv, is_stdlib
 from ._errors import AddressInUseError, ExclusivityError, ExclusivityWarning, InvalidPortError, is_address_in_use
-from . import _wildcard
 from ._plan import SHARING_OPTIONS, SO_EXCLUSIVEADDRUSE, BindPlan, Role, audit_socket_options, make_plan
 
 __all__ = [
@@ -44,7 +44,7 @@ __all__ = [
 ]
 
 AddrInfo = tuple[socket.AddressFamily, socket.SocketKind, int, str, Any]
-HostArg = Union[str, Sequence[str], None]
+HostArg = str | Sequence[str] | None
 
 _HAS_IPV6 = socket.has_ipv6 and hasattr(socket, "IPPROTO_IPV6")
 # asyncio words a failed bind with str(exc) from 3.13 on, with exc.strerror before;
@@ -118,12 +118,14 @@ _KINDS = {int(socket.SOCK_STREAM): socket.SOCK_STREAM, int(socket.SOCK_DGRAM): s
 _USUAL_PROTO = {socket.SOCK_STREAM: socket.IPPROTO_TCP, socket.SOCK_DGRAM: socket.IPPROTO_UDP}
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _reported_proto(kind: socket.SocketKind) -> int:
     # What this platform's getaddrinfo puts in the proto field for a literal:
     # 6/17 on Linux, 0 on Windows (seen under Wine). Asked once per kind, so
     # the fast path returns exactly what getaddrinfo would.
     return int(socket.getaddrinfo("127.0.0.1", 0, socket.AF_INET, kind, 0, socket.AI_NUMERICHOST)[0][2])
+
+
 # A plain int: `flags & socket.AI_CANONNAME` would be an enum operation in
 # Python, which costs more than the rest of this function.
 _AI_CANONNAME = int(socket.AI_CANONNAME)
@@ -182,7 +184,10 @@ def _ip_literal(host: str) -> tuple[socket.AddressFamily, str] | None:
 
 def _own_getaddrinfo(loop: Any) -> bool:
     """Is ``loop.getaddrinfo`` asyncio's own (not replaced on the instance or in a subclass)?"""
-    return "getaddrinfo" not in vars(loop) and getattr(type(loop), "getaddrinfo", None) is asyncio.BaseEventLoop.getaddrinfo
+    return (
+        "getaddrinfo" not in vars(loop)
+        and getattr(type(loop), "getaddrinfo", None) is asyncio.BaseEventLoop.getaddrinfo
+    )
 
 
 def _is_ip_literal(host: bytes) -> bool:
@@ -289,7 +294,9 @@ def apply_plan(sock: socket.socket, plan: BindPlan, *, strict: bool = False, add
         if const is None:
             if name == "SO_REUSEPORT":
                 raise ValueError("reuse_port not supported by socket module")
-            raise ExclusivityError(f"{name} is not available on this system, so the plan for {plan.platform} cannot apply")
+            raise ExclusivityError(
+                f"{name} is not available on this system, so the plan for {plan.platform} cannot apply"
+            )
         try:
             sock.setsockopt(socket.SOL_SOCKET, const, value)
         except OSError as exc:
@@ -521,7 +528,16 @@ def open_bound_sockets(
         # nothing to share a port with, nothing to hold; keep it as cheap as the base loop.
         family, type_, proto, _, sockaddr = infos[0]
         sock = _open_socket(
-            socket.socket, family, type_, proto, sockaddr, plan, backlog, keep_alive, dualstack_ipv6, strict,
+            socket.socket,
+            family,
+            type_,
+            proto,
+            sockaddr,
+            plan,
+            backlog,
+            keep_alive,
+            dualstack_ipv6,
+            strict,
             skip_unavailable,
         )
         return [] if sock is None else [sock]
@@ -532,8 +548,14 @@ def open_bound_sockets(
         quiet = None if last else _name_holder.set(False)
         try:
             return _open_bound_sockets_once(
-                infos, plan, backlog=backlog, keep_alive=keep_alive, dualstack_ipv6=dualstack_ipv6,
-                strict=strict, skip_unavailable=skip_unavailable, same_port=port_zero,
+                infos,
+                plan,
+                backlog=backlog,
+                keep_alive=keep_alive,
+                dualstack_ipv6=dualstack_ipv6,
+                strict=strict,
+                skip_unavailable=skip_unavailable,
+                same_port=port_zero,
             )
         except OSError as exc:
             if last or not is_address_in_use(exc):
@@ -647,8 +669,17 @@ def _open_bound_sockets_once(
                 sockets.append(_promote(hold, plan, backlog, keep_alive, dualstack_ipv6, sockaddr, strict))
                 continue
             sock = _open_socket(
-                _wildcard.HeldListener if wildcard else socket.socket, family, type_, proto, sockaddr, plan,
-                backlog, keep_alive, dualstack_ipv6, strict, skip_unavailable,
+                _wildcard.HeldListener if wildcard else socket.socket,
+                family,
+                type_,
+                proto,
+                sockaddr,
+                plan,
+                backlog,
+                keep_alive,
+                dualstack_ipv6,
+                strict,
+                skip_unavailable,
             )
             if sock is None:
                 continue

@@ -130,7 +130,13 @@ async def resolve_address(
     """Check *addr* and resolve it for UDP, as the base loop does (*name* is the argument's)."""
     check_address(base, name, addr)
     return await resolve(
-        base.loop, addr[0], addr[1], family=family, type=socket.SOCK_DGRAM, proto=proto, flags=flags,
+        base.loop,
+        addr[0],
+        addr[1],
+        family=family,
+        type=socket.SOCK_DGRAM,
+        proto=proto,
+        flags=flags,
         name=f"{name} port",
     )
 

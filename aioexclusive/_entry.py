@@ -12,8 +12,8 @@ import asyncio
 import functools
 import sys
 import warnings
-from collections.abc import Coroutine
-from typing import TYPE_CHECKING, Any, Callable, TypeVar
+from collections.abc import Callable, Coroutine
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from ._loops import LoopOptions, exclusive_loop_class
 

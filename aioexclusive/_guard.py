@@ -414,7 +414,9 @@ def _shareable(sock: object, address: object, change: tuple[str, int] | None) ->
             return None
     plan = plans[role]
     offending = [name for name in plan.never if values.get(name)]
-    missing = [name for name, value in plan.set if name == SO_EXCLUSIVEADDRUSE and name in values and values[name] != value]
+    missing = [
+        name for name, value in plan.set if name == SO_EXCLUSIVEADDRUSE and name in values and values[name] != value
+    ]
     if not offending and not missing:
         return None
     return plan, offending, missing, host, port
@@ -512,7 +514,7 @@ def _hook_implicit(event: str, args: tuple[Any, ...]) -> None:
     if bound[1] != 0:
         _pending.discard(ref)  # bound (explicitly, or by an earlier call): judged then
         return
-    _check_implicit(sock, event[len("socket."):] + "()", 3)  # _check_implicit <- _hook_implicit <- _hook <- caller
+    _check_implicit(sock, event[len("socket.") :] + "()", 3)  # _check_implicit <- _hook_implicit <- _hook <- caller
 
 
 def _check_implicit(sock: Any, call: str, depth: int) -> None:
@@ -678,7 +680,9 @@ def _check_late_option(sock: Any, args: tuple[Any, ...]) -> bool:
     if mode == "enforce":
         return True
     change = f"setsockopt({name}, {value}) after the bind"
-    message = _describe(plan, [n for n in offending if n == name], [n for n in missing if n == name], host, port, caller, change)
+    message = _describe(
+        plan, [n for n in offending if n == name], [n for n in missing if n == name], host, port, caller, change
+    )
     if mode == "raise":
         raise ExclusivityError(f"refused {message}")
     _warn(message, _origin(caller), f"refused {message}")
@@ -769,7 +773,13 @@ def _warn(message: str, frame: FrameType, refusal: str) -> None:
             module_globals["__warningregistry__"] = registry
     ways: tuple[Callable[[], None], ...] = (
         lambda: warnings.warn_explicit(
-            message, ExclusivityWarning, filename, lineno, module=module, registry=registry, module_globals=module_globals
+            message,
+            ExclusivityWarning,
+            filename,
+            lineno,
+            module=module,
+            registry=registry,
+            module_globals=module_globals,
         ),
         lambda: warnings.warn_explicit(message, ExclusivityWarning, filename, lineno, module=module, registry=registry),
         lambda: warnings.warn(message, ExclusivityWarning, stacklevel=2),

@@ -57,7 +57,6 @@ from types import FrameType
 from typing import Any
 
 from ._errors import ExclusivityError
-
 from ._wildcard import HOLDS_WILDCARDS, HeldListener, _bind_hold, demote_spare, hold_uncovered, is_wildcard
 
 __all__ = ["before_bind", "install", "on_listen", "on_release", "watching"]

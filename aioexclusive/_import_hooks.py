@@ -235,7 +235,9 @@ def _apply(name: str, module: ModuleType) -> None:
     try:
         _HOOKS[name](module)
     except Exception as exc:  # noqa: BLE001 - an import must never fail because of us
-        _say(f"could not apply AIOEXCLUSIVE_GUARD's defaults to {name} ({type(exc).__name__}: {exc}); it is NOT covered")
+        _say(
+            f"could not apply AIOEXCLUSIVE_GUARD's defaults to {name} ({type(exc).__name__}: {exc}); it is NOT covered"
+        )
 
 
 class _PatchingLoader(importlib.abc.Loader):

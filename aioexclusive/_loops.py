@@ -14,13 +14,15 @@ import functools
 import socket
 import sys
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass, fields
-from typing import TYPE_CHECKING, Any, Callable, ClassVar, TypeVar, cast
+from typing import TYPE_CHECKING, Any, ClassVar, TypeVar, cast
 
+from ._bases import check_open, is_stdlib, libuv_server_class, libuv_sets_reuse
 from ._binding import (
     _BIND_MESSAGE_STR,
-    bind_message_from_str,
     audit_socket,
+    bind_message_from_str,
     check_port,
     hosts_of,
     kernel_kind,
@@ -29,7 +31,6 @@ from ._binding import (
     open_bound_sockets,
     resolve,
 )
-from ._bases import check_open, is_stdlib, libuv_server_class, libuv_sets_reuse
 from ._datagram import DatagramBase, adopt_given_socket, open_endpoint, resolve_endpoint
 from ._plan import BindPlan, Role, make_plan
 from ._server import MultiServer
@@ -178,9 +179,7 @@ class ExclusiveLoopMixin(_LoopBase):
         base_create_server = super().create_server
         if sock is None and host is None and port is None:
             # Nothing to bind: the base loop's own ValueError, word for word.
-            return await base_create_server(
-                protocol_factory, backlog=backlog, start_serving=start_serving, **tls
-            )
+            return await base_create_server(protocol_factory, backlog=backlog, start_serving=start_serving, **tls)
 
         if sock is not None:
             if host is not None or port is not None:
@@ -210,9 +209,7 @@ class ExclusiveLoopMixin(_LoopBase):
             # gather would wrap each in a task (a loop iteration each).
             found = [await resolve(self, h, port, family=family, flags=flags) for h in hosts]
         else:
-            found = await asyncio.gather(
-                *(resolve(self, h, port, family=family, flags=flags) for h in hosts)
-            )
+            found = await asyncio.gather(*(resolve(self, h, port, family=family, flags=flags) for h in hosts))
         # asyncio dedupes with a set; keep first-seen order so sockets are stable. The
         # canonical name is left out of the key: an address reached through a name and as
         # a literal is one address, bound once (asyncio would bind it twice).
@@ -360,9 +357,7 @@ class ExclusiveLoopMixin(_LoopBase):
         if reuse_address is not _UNSET:
             if stdlib and sys.version_info >= _DATAGRAM_REUSE_ADDRESS_UNTIL:
                 # Not in asyncio's signature any more: its own TypeError, word for word.
-                return await super().create_datagram_endpoint(
-                    protocol_factory, reuse_address=reuse_address
-                )
+                return await super().create_datagram_endpoint(protocol_factory, reuse_address=reuse_address)
             if not reuse_address and sock is None and not stdlib:
                 # uvloop warns first thing; asyncio (3.10) once the addresses are resolved, below.
                 warnings.warn(_REUSE_ADDRESS_DEPRECATED["uvloop"], DeprecationWarning, stacklevel=2)
@@ -371,24 +366,45 @@ class ExclusiveLoopMixin(_LoopBase):
             # An opt-in: its module is loaded on first use (see __init__).
             from ._multicast import create_multicast_endpoint
 
-            return cast(_Made, await create_multicast_endpoint(
-                base, protocol_factory, local_addr, remote_addr, multicast,
-                family=family, proto=proto, flags=flags, reuse_address=reuse_address is True,
-                reuse_port=reuse_port, allow_broadcast=allow_broadcast, sock=sock,
-            ))
+            return cast(
+                _Made,
+                await create_multicast_endpoint(
+                    base,
+                    protocol_factory,
+                    local_addr,
+                    remote_addr,
+                    multicast,
+                    family=family,
+                    proto=proto,
+                    flags=flags,
+                    reuse_address=reuse_address is True,
+                    reuse_port=reuse_port,
+                    allow_broadcast=allow_broadcast,
+                    sock=sock,
+                ),
+            )
         # Refusals first (reuse_port=True, reuse_address=True), whatever else is passed.
-        plan = base.plan(Role.UDP_UNICAST, reuse_address=reuse_address is True, reuse_port=reuse_port, address=local_addr)
-        passed = dict(
-            family=family, proto=proto, flags=flags, reuse_port=reuse_port, allow_broadcast=allow_broadcast
+        plan = base.plan(
+            Role.UDP_UNICAST, reuse_address=reuse_address is True, reuse_port=reuse_port, address=local_addr
         )
+        passed = dict(family=family, proto=proto, flags=flags, reuse_port=reuse_port, allow_broadcast=allow_broadcast)
         if reuse_address is not _UNSET:
             passed["reuse_address"] = reuse_address
         if sock is not None:
             # With allow_reuse_port the caller may hand over a socket it shares on purpose.
-            return cast(_Made, await adopt_given_socket(
-                base, protocol_factory, sock, kernel_kind(sock), self._allow_shared_sock(),
-                local_addr=local_addr, remote_addr=remote_addr, **passed,
-            ))
+            return cast(
+                _Made,
+                await adopt_given_socket(
+                    base,
+                    protocol_factory,
+                    sock,
+                    kernel_kind(sock),
+                    self._allow_shared_sock(),
+                    local_addr=local_addr,
+                    remote_addr=remote_addr,
+                    **passed,
+                ),
+            )
         if family == getattr(socket, "AF_UNIX", None):
             if stdlib and isinstance(local_addr, str):
                 from ._unix import create_unix_datagram_endpoint, guards_path, refuse_live_path
@@ -404,10 +420,17 @@ class ExclusiveLoopMixin(_LoopBase):
                         if reuse_address is not _UNSET and not reuse_address:
                             warnings.warn(_REUSE_ADDRESS_DEPRECATED["asyncio"], DeprecationWarning, stacklevel=2)
                         base.check_open()
-                        return cast(_Made, await create_unix_datagram_endpoint(
-                            base, protocol_factory, local_addr, remote_addr, proto=proto,
-                            allow_broadcast=allow_broadcast,
-                        ))
+                        return cast(
+                            _Made,
+                            await create_unix_datagram_endpoint(
+                                base,
+                                protocol_factory,
+                                local_addr,
+                                remote_addr,
+                                proto=proto,
+                                allow_broadcast=allow_broadcast,
+                            ),
+                        )
             return cast(_Made, await base.create(protocol_factory, local_addr, remote_addr, **passed))
         candidates = await resolve_endpoint(base, local_addr, remote_addr, family, proto, flags)
         # After the addresses, as asyncio finds a closed loop only once it uses it.
@@ -522,19 +545,14 @@ class ExclusiveLoopMixin(_LoopBase):
                 check_open(self)
                 listen_at_adoption(sock, backlog, plan.role)
         if sock is not None or not guards_path(path):
-            return await base_create(
-                protocol_factory, path, sock=sock, backlog=backlog, **kwargs
-            )
+            return await base_create(protocol_factory, path, sock=sock, backlog=backlog, **kwargs)
         check_open(self)
         bound = await bind_unix_listener(path, backlog)
         try:
-            return await base_create(
-                protocol_factory, sock=bound, backlog=backlog, **kwargs
-            )
+            return await base_create(protocol_factory, sock=bound, backlog=backlog, **kwargs)
         except BaseException:
             remove_own_path(bound, path)
             raise
-
 
 
 # -- building loop classes ------------------------------------------------------

@@ -508,6 +508,10 @@ async def _sender(
     # plan still applies (Windows: SO_EXCLUSIVEADDRUSE before that implicit bind).
     candidate = Candidate(fam, proto, None if bound is None else bound[4], target)
     return await open_endpoint(
-        base, protocol_factory, plan, [candidate], bool(allow_broadcast),
+        base,
+        protocol_factory,
+        plan,
+        [candidate],
+        bool(allow_broadcast),
         prepare=functools.partial(_apply_all, opts=setup, what=what),
     )

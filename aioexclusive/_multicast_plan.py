@@ -325,9 +325,7 @@ def membership_request(
             payload = group.packed + interface + source.packed
         else:
             payload = group.packed + source.packed + interface
-        return MembershipRequest(
-            "IPPROTO_IP", "IP_ADD_SOURCE_MEMBERSHIP", "IP_DROP_SOURCE_MEMBERSHIP", payload, where
-        )
+        return MembershipRequest("IPPROTO_IP", "IP_ADD_SOURCE_MEMBERSHIP", "IP_DROP_SOURCE_MEMBERSHIP", payload, where)
     if source is None:
         payload = struct.pack("@16sI", group.packed, iface.index)
         return MembershipRequest("IPPROTO_IPV6", "IPV6_JOIN_GROUP", "IPV6_LEAVE_GROUP", payload, where)

@@ -112,9 +112,7 @@ RULES: Mapping[tuple[Platform, Role], Rule] = {
         (SO_REUSEPORT,),
         "SO_REUSEADDR only allows restarts; SO_REUSEPORT would share the port",
     ),
-    ("bsd", Role.UDP_UNICAST): Rule(
-        (), (SO_REUSEADDR, SO_REUSEPORT), "either option lets another socket co-bind"
-    ),
+    ("bsd", Role.UDP_UNICAST): Rule((), (SO_REUSEADDR, SO_REUSEPORT), "either option lets another socket co-bind"),
     ("bsd", Role.UDP_MULTICAST): Rule(
         ((SO_REUSEPORT, 1),), (), "BSD shares multicast ports through SO_REUSEPORT; bind the group address"
     ),
@@ -209,7 +207,7 @@ def make_plan(
     return _granted_plan(role, platform, share_port, drop_reuse_address)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _granted_plan(role: Role, platform: Platform, share_port: bool, drop_reuse_address: bool) -> BindPlan:
     # Past the refusals a plan depends on these four values only, and loops
     # opening many endpoints ask for the same few plans over and over.

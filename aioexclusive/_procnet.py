@@ -267,4 +267,3 @@ def socket_owners(inodes: Collection[int] | None = None, *, proc: str = "/proc")
                 continue
             scan.owners.setdefault(inode, []).append((pid, int(fd_entry.name)))
     return scan
-

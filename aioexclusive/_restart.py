@@ -21,7 +21,7 @@ import asyncio
 import inspect
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any, TypeVar, Union, overload
+from typing import Any, TypeVar, overload
 
 from ._errors import is_address_in_use
 
@@ -80,7 +80,7 @@ async def retry_bind(attempt: Callable[[], _T], *, attempts: int = ..., delay: f
 # Two overloads so that `retry_bind(lambda: loop.create_server(...))` is typed
 # as the server the awaitable gives, and a plain function as its value.
 async def retry_bind(
-    attempt: Callable[[], Union[Awaitable[_T], _T]],
+    attempt: Callable[[], Awaitable[_T] | _T],
     *,
     attempts: int = 10,
     delay: float = 0.1,

@@ -54,8 +54,8 @@ from __future__ import annotations
 import asyncio
 import errno
 import functools
-import os
 import hashlib
+import os
 import secrets
 import socket
 import stat

@@ -196,7 +196,9 @@ def run(quick: bool) -> dict[str, Any]:
 
 
 def format_table(result: dict[str, Any]) -> str:
-    lines = [f"guard overhead ({result['python']}, {result['platform']}, {result['pairs']} pairs x {result['iterations']})"]
+    lines = [
+        f"guard overhead ({result['python']}, {result['platform']}, {result['pairs']} pairs x {result['iterations']})"
+    ]
     lines.append(f"{'case':60} {'plain ns':>9} {'guarded':>9} {'+ns':>7} {'ratio':>6} {'(min-max)':>13}")
     for name, c in result["cases"].items():
         if "plain_ns" not in c:

@@ -197,9 +197,7 @@ def transport_classes(base: str) -> dict[str, list[str]]:
         try:
             while not accepted:
                 await asyncio.sleep(0.001)
-            return [
-                f"{type(obj).__module__}.{type(obj).__qualname__}" for obj in (server, accepted[0], client, udp)
-            ]
+            return [f"{type(obj).__module__}.{type(obj).__qualname__}" for obj in (server, accepted[0], client, udp)]
         finally:
             for transport in (client, udp, *accepted):
                 transport.close()

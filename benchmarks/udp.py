@@ -68,9 +68,7 @@ async def _watchdog(clients: list[PingClient]) -> None:
             seen[i] = client.left
 
 
-def ping_pong(
-    base: str, pairs: int, *, clients: int, per_client: int, size: int = 32, control: bool = False
-) -> Result:
+def ping_pong(base: str, pairs: int, *, clients: int, per_client: int, size: int = 32, control: bool = False) -> Result:
     """Round trips per second with *clients* endpoints each keeping one datagram in flight.
 
     *control*: plain against plain, to show the noise floor (see `compare`).

@@ -37,9 +37,7 @@ async def reuse_port_probe(runner: web.BaseRunner | None) -> str:
             await site.start()
             await site.stop()
         else:
-            server = await asyncio.get_running_loop().create_server(
-                asyncio.Protocol, "127.0.0.1", 0, reuse_port=True
-            )
+            server = await asyncio.get_running_loop().create_server(asyncio.Protocol, "127.0.0.1", 0, reuse_port=True)
             server.close()
             await server.wait_closed()
     except aioexclusive.ExclusivityError:

@@ -72,7 +72,9 @@ async def main(restarts: int) -> None:
         port = probe.getsockname()[1]
     stats = {"answers": 0, "reconnects": 0, "broken": 0}
     per_instance = 40
-    clients = asyncio.gather(*(client(port, f"client-{i}", per_instance * (restarts + 1) // 4, stats) for i in range(4)))
+    clients = asyncio.gather(
+        *(client(port, f"client-{i}", per_instance * (restarts + 1) // 4, stats) for i in range(4))
+    )
     for instance in range(1, restarts + 2):
         graceful = aioexclusive.GracefulShutdown()
         server = await loop.create_server(graceful.wrap(functools.partial(Echo, instance)), "127.0.0.1", port)
@@ -85,7 +87,10 @@ async def main(restarts: int) -> None:
             print(f"instance {instance} stopped: {result.drained} connections drained, {result.aborted} aborted")
     await clients
     await graceful.shutdown(server, timeout=10)
-    print(f"done: {stats['answers']} complete answers, {stats['reconnects']} clean reconnects, {stats['broken']} broken")
+    print(
+        f"done: {stats['answers']} complete answers, {stats['reconnects']} clean reconnects, {stats['broken']} broken"
+    )
+
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])

@@ -40,13 +40,13 @@ import time
 import urllib.request
 from pathlib import Path
 
-APP = '''
+APP = """
 async def app(scope, receive, send):
     if scope["type"] != "http":
         return
     await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"text/plain")]})
     await send({"type": "http.response.body", "body": b"hello from a guarded server"})
-'''
+"""
 
 LAUNCHER = (
     "import runpy, sys; from aioexclusive._guard import activate_from_environment; activate_from_environment(); "
@@ -58,7 +58,9 @@ def pth_active() -> bool:
     """Does AIOEXCLUSIVE_GUARD reach a fresh interpreter through the installed .pth?"""
     probe = "import sys; print('aioexclusive._guard' in sys.modules)"
     env = dict(os.environ, AIOEXCLUSIVE_GUARD="off")
-    out = subprocess.run([sys.executable, "-c", probe], check=False, capture_output=True, text=True, env=env, cwd=tempfile.gettempdir())
+    out = subprocess.run(
+        [sys.executable, "-c", probe], check=False, capture_output=True, text=True, env=env, cwd=tempfile.gettempdir()
+    )
     return out.stdout.strip() == "True"
 
 

@@ -61,7 +61,9 @@ async def listen(group: str, options: aioexclusive.Multicast, count: int | None)
         transport.close()  # also leaves the group
 
 
-async def announce(group: str, options: aioexclusive.Multicast, name: str, port: int, count: int | None, interval: float) -> None:
+async def announce(
+    group: str, options: aioexclusive.Multicast, name: str, port: int, count: int | None, interval: float
+) -> None:
     loop = asyncio.get_running_loop()
     # A sender: an ordinary exclusive UDP socket with the multicast options set
     # before its first datagram. No port is shared.

@@ -295,8 +295,14 @@ class Attacker:
     ) -> tuple[BindResult, str]:
         """Prime the port's bind bucket with SO_REUSEPORT, close, then bind and listen (dual-stack for IPv6)."""
         r = self._ask(
-            op="two_step", port=port, prime_family=prime_family, prime_host=prime_host,
-            prime_v6only=prime_v6only, family=family, host=host, prime_reuseaddr=prime_reuseaddr,
+            op="two_step",
+            port=port,
+            prime_family=prime_family,
+            prime_host=prime_host,
+            prime_v6only=prime_v6only,
+            family=family,
+            host=host,
+            prime_reuseaddr=prime_reuseaddr,
         )
         return BindResult(r["ok"], r.get("errno"), r.get("stage")), str(r.get("prime"))
 
@@ -328,8 +334,17 @@ class Attacker:
         pause: float = 0.0,
     ) -> None:
         """Start binding in a loop for *duration* seconds; `finish_race` returns the counts."""
-        cmd = dict(op="race", proto=proto, family=family, host=host, port=port, options=list(options),
-                   duration=duration, hold=hold, pause=pause)
+        cmd = dict(
+            op="race",
+            proto=proto,
+            family=family,
+            host=host,
+            port=port,
+            options=list(options),
+            duration=duration,
+            hold=hold,
+            pause=pause,
+        )
         self._conn.sendall(json.dumps(cmd).encode() + b"\n")
 
     def finish_race(self) -> dict[str, int]:
@@ -484,7 +499,5 @@ class FastPathAttacker:
     def __enter__(self) -> FastPathAttacker:
         return self
 
-    def __exit__(
-        self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
+    def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
         self.close()

@@ -12,6 +12,7 @@ import pytest
 from attacker import NOBODY, Attacker
 from harness import BASES, IS_ROOT, open_fds, warm_up_loops
 
+
 @pytest.fixture(params=BASES)
 def base(request: pytest.FixtureRequest) -> str:
     return request.param  # type: ignore[no-any-return]

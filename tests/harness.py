@@ -26,9 +26,7 @@ except ImportError:
 
 BASES = [
     pytest.param("asyncio", id="asyncio"),
-    pytest.param(
-        "uvloop", id="uvloop", marks=pytest.mark.skipif(not HAVE_UVLOOP, reason="uvloop is not installed")
-    ),
+    pytest.param("uvloop", id="uvloop", marks=pytest.mark.skipif(not HAVE_UVLOOP, reason="uvloop is not installed")),
 ]
 
 

@@ -84,7 +84,9 @@ def test_callers_socket_stays_exclusive_after_adoption(
     if base == "uvloop" and proto == "udp":
         # uvloop makes a bound UDP sock= shareable before any code of ours runs
         # again: refused, see test_attacks_kernel.py for the racing attacker.
-        pytest.skip("a bound UDP sock= is refused on uvloop (test_uvloop_refuses_a_bound_udp_sock_and_names_local_addr)")
+        pytest.skip(
+            "a bound UDP sock= is refused on uvloop (test_uvloop_refuses_a_bound_udp_sock_and_names_local_addr)"
+        )
 
     async def scenario() -> tuple[list[BindResult], int, int]:
         kind = socket.SOCK_STREAM if proto == "tcp" else socket.SOCK_DGRAM

@@ -87,9 +87,7 @@ def test_two_step_fails_when_the_same_call_listens_on_a_specific_other_family_ad
         from services import Counter, Service, _TCPCounting
 
         counter = Counter()
-        server = await asyncio.get_running_loop().create_server(
-            lambda: _TCPCounting(counter), ["127.0.0.1", "::"], 0
-        )
+        server = await asyncio.get_running_loop().create_server(lambda: _TCPCounting(counter), ["127.0.0.1", "::"], 0)
         ports = {s.getsockname()[1] for s in server.sockets}
         assert len(ports) == 1, "each family gets the same port"
         return Service(server, ports.pop(), counter, list(server.sockets))
@@ -103,9 +101,7 @@ def test_two_step_fails_when_the_same_call_listens_on_a_specific_other_family_ad
 @needs_ipv6
 def test_control_two_step_takes_over_a_plain_ipv6_wildcard_listener(other_user_attacker: Attacker, base: str) -> None:
     """The attack itself, against the plain loop: it must win, or the tests above prove nothing."""
-    result, prime, stolen, received = _two_step(
-        other_user_attacker, 6, lambda: open_service("tcp", "::"), True, base
-    )
+    result, prime, stolen, received = _two_step(other_user_attacker, 6, lambda: open_service("tcp", "::"), True, base)
     assert prime == "bound"
     assert result.ok, f"control: the two-step attacker should co-bind a plain [::] listener, got {result}"
     assert stolen > 0, "control: co-bound but stole nothing"
@@ -361,7 +357,9 @@ def _liar(real: socket.socket, kind: int) -> socket.socket:
 
 @pytest.mark.parametrize("family", [4, pytest.param(6, marks=needs_ipv6)])
 @pytest.mark.parametrize("proto", ["tcp", "udp"])
-def test_audit_reads_the_kernel_not_the_object(same_user_attacker: Attacker, base: str, proto: str, family: int) -> None:
+def test_audit_reads_the_kernel_not_the_object(
+    same_user_attacker: Attacker, base: str, proto: str, family: int
+) -> None:
     kind = socket.SOCK_STREAM if proto == "tcp" else socket.SOCK_DGRAM
     option = socket.SO_REUSEPORT if proto == "tcp" else socket.SO_REUSEADDR
     real = socket.socket(socket.AF_INET6 if family == 6 else socket.AF_INET, kind)

@@ -155,7 +155,9 @@ def _many(count: int) -> None:
         proto = "tcp" if index % 2 == 0 else "udp"
         shareable = index % 4 < 2
         option = "SO_REUSEPORT" if proto == "tcp" else "SO_REUSEADDR"
-        socks.append(_make({"proto": proto, "family": 4, "host": "127.0.0.1", "options": [option] if shareable else []}))
+        socks.append(
+            _make({"proto": proto, "family": 4, "host": "127.0.0.1", "options": [option] if shareable else []})
+        )
         kinds.append([proto, socks[-1].getsockname()[1], shareable])
     print(json.dumps({"pid": os.getpid(), "sockets": kinds}), flush=True)
     sys.stdin.readline()
@@ -224,8 +226,20 @@ def _nonroot(root_ports: list[int], root_pid: int) -> None:
     os.close(hold_w)
     os.waitpid(pid, 0)
     rows = [r for r in report["sockets"] if r["port"] in own_ports + root_ports]
-    print(json.dumps({"child": pid, "own_ports": own_ports, "rows": rows, "notes": report["notes"],
-                      "exit": report["exit"], "refused": refused}, default=str), flush=True)
+    print(
+        json.dumps(
+            {
+                "child": pid,
+                "own_ports": own_ports,
+                "rows": rows,
+                "notes": report["notes"],
+                "exit": report["exit"],
+                "refused": refused,
+            },
+            default=str,
+        ),
+        flush=True,
+    )
 
 
 def _multicast_scenario() -> None:
@@ -234,8 +248,11 @@ def _multicast_scenario() -> None:
 
     if os.environ.get(HOST_NETNS_VAR) in (None, os.readlink("/proc/self/ns/net")):
         raise SystemExit("refusing to run: not inside a network namespace of the test's own making")
-    for args in (["link", "set", "lo", "up"], ["link", "set", "lo", "multicast", "on"],
-                 ["route", "add", "224.0.0.0/4", "dev", "lo"]):
+    for args in (
+        ["link", "set", "lo", "up"],
+        ["link", "set", "lo", "multicast", "on"],
+        ["route", "add", "224.0.0.0/4", "dev", "lo"],
+    ):
         subprocess.run(["ip", *args], check=True)
     group, port = "239.1.2.3", 5007
     receiver = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
@@ -270,9 +287,19 @@ def _multicast_scenario() -> None:
             got += 1
         except BlockingIOError:
             time.sleep(0.01)
-    print(json.dumps({"rows": report["sockets"], "co_bound": co_bound, "sent": sent[port], "received": got,
-                      "netns_differs": os.environ[HOST_NETNS_VAR] != os.readlink("/proc/self/ns/net")},
-                     default=str), flush=True)
+    print(
+        json.dumps(
+            {
+                "rows": report["sockets"],
+                "co_bound": co_bound,
+                "sent": sent[port],
+                "received": got,
+                "netns_differs": os.environ[HOST_NETNS_VAR] != os.readlink("/proc/self/ns/net"),
+            },
+            default=str,
+        ),
+        flush=True,
+    )
 
 
 # ---------------------------------------------------------------------------
@@ -402,7 +429,8 @@ def _script(*args: str, timeout: float = 60) -> dict[str, Any]:
 
 def _row(report: dict[str, Any], proto: str, port: int, address: str | None = None) -> dict[str, Any]:
     rows: list[dict[str, Any]] = [
-        r for r in report["sockets"]
+        r
+        for r in report["sockets"]
         if r["proto"] == proto and r["port"] == port and (address is None or r["address"] == address)
     ]
     assert len(rows) == 1, (proto, port, address, rows)
@@ -503,8 +531,15 @@ def test_verdict_rules(
     ports.add(fam, address, 4000)
     if other:
         # The listener's own process holds the other family, without options.
-        ports.add(socket.AF_INET if family == 6 else socket.AF_INET6, "0.0.0.0" if family == 6 else "::", 4000,
-                  1, uid=1000, pids={1}, options={"SO_REUSEADDR": 0, "SO_REUSEPORT": 0})
+        ports.add(
+            socket.AF_INET if family == 6 else socket.AF_INET6,
+            "0.0.0.0" if family == 6 else "::",
+            4000,
+            1,
+            uid=1000,
+            pids={1},
+            options={"SO_REUSEADDR": 0, "SO_REUSEPORT": 0},
+        )
     found = verdict(_obs(proto, fam, address, options), ports, user="alice")
     assert found.verdict == expected
     if who == "same":
@@ -534,10 +569,27 @@ def test_other_family_hold_must_be_the_services_own(
     from aioexclusive._cli.audit import PortMap, verdict
 
     ports = PortMap()
-    ports.add(socket.AF_INET, "0.0.0.0", 4000, uid=1000, pids={1}, options={"SO_REUSEADDR": 1, "SO_REUSEPORT": 0},
-              listening=True, inode=1)
-    ports.add(socket.AF_INET6, address, 4000, 1, uid=uid, pids=pids, listening=listening, inode=2,
-              options={"SO_REUSEADDR": reuseaddr, "SO_REUSEPORT": reuseport, "IPV6_V6ONLY": 1})
+    ports.add(
+        socket.AF_INET,
+        "0.0.0.0",
+        4000,
+        uid=1000,
+        pids={1},
+        options={"SO_REUSEADDR": 1, "SO_REUSEPORT": 0},
+        listening=True,
+        inode=1,
+    )
+    ports.add(
+        socket.AF_INET6,
+        address,
+        4000,
+        1,
+        uid=uid,
+        pids=pids,
+        listening=listening,
+        inode=2,
+        options={"SO_REUSEADDR": reuseaddr, "SO_REUSEPORT": reuseport, "IPV6_V6ONLY": 1},
+    )
     found = verdict(_obs("tcp", socket.AF_INET, "0.0.0.0", {"SO_REUSEADDR": 1, "SO_REUSEPORT": 0}), ports, user="alice")
     assert found.verdict == expected, found
     if expected == "shareable":
@@ -626,8 +678,14 @@ def _wildcard_case(victims: list[Victim], config: dict[str, Any]) -> tuple[dict[
 @pytest.mark.parametrize("family", [6, 4], ids=["ipv6-only-wildcard", "ipv4-wildcard"])
 @pytest.mark.parametrize("hold_other", [False, True], ids=["alone", "other-family-held"])
 def test_wildcard_listener_against_the_fast_path_attack(victims: list[Victim], family: int, hold_other: bool) -> None:
-    spec = {"proto": "tcp", "family": family, "host": "::" if family == 6 else "0.0.0.0",
-            "options": ["SO_REUSEADDR"], "v6only": 1 if family == 6 else None, "hold_other": hold_other}
+    spec = {
+        "proto": "tcp",
+        "family": family,
+        "host": "::" if family == 6 else "0.0.0.0",
+        "options": ["SO_REUSEADDR"],
+        "v6only": 1 if family == 6 else None,
+        "hold_other": hold_other,
+    }
     row, victim = _wildcard_case(victims, {"sockets": [spec]})
     attack = _script("twostep", str(row["port"]), str(family))
     # The control (alone) must be taken over, or the harness proves nothing.
@@ -673,9 +731,7 @@ def _fork_with_a_lower_pid() -> int:
 
     Skips when the kernel gave another (a process forked in between took it).
     """
-    target = next(
-        (n for n in range(os.getpid() // 2, 300, -1) if not os.path.exists(f"/proc/{n}")), None
-    )
+    target = next((n for n in range(os.getpid() // 2, 300, -1) if not os.path.exists(f"/proc/{n}")), None)
     if target is None:
         pytest.skip("no free pid below this process's")
     with open("/proc/sys/kernel/ns_last_pid", "w") as f:
@@ -718,8 +774,9 @@ def test_owner_is_the_oldest_holder_when_pids_wrap() -> None:
 
 @pytest.mark.skipif(not IS_ROOT, reason="the fast-path attack runs as uid 65534")
 @pytest.mark.parametrize("host", ["127.0.0.1", "::"], ids=["loopback", "ipv6-wildcard"])
-def test_exclusive_loop_server(victims: list[Victim], same_user_attacker: Any, other_user_attacker: Any,
-                               host: str) -> None:
+def test_exclusive_loop_server(
+    victims: list[Victim], same_user_attacker: Any, other_user_attacker: Any, host: str
+) -> None:
     from aioexclusive._cli.audit import audit
 
     if host == "::" and not HAVE_IPV6:
@@ -752,8 +809,14 @@ def test_multicast_receiver_is_shared_by_design() -> None:
     if subprocess.run(["unshare", "--net", "true"], check=False, capture_output=True).returncode != 0:
         pytest.skip("unshare --net is not permitted here")
     env = {**_child_env(), HOST_NETNS_VAR: os.readlink("/proc/self/ns/net")}
-    proc = subprocess.run(["unshare", "--net", sys.executable, os.path.abspath(__file__), "multicast"],
-                          check=False, capture_output=True, text=True, timeout=60, env=env)
+    proc = subprocess.run(
+        ["unshare", "--net", sys.executable, os.path.abspath(__file__), "multicast"],
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=env,
+    )
     assert proc.returncode == 0, proc.stderr
     r = json.loads(proc.stdout.strip().splitlines()[-1])
     assert r["netns_differs"]
@@ -765,10 +828,17 @@ def test_multicast_receiver_is_shared_by_design() -> None:
 
 @pytest.mark.skipif(not IS_ROOT, reason="starts as root to become uid 65534")
 def test_audit_as_another_user_sees_its_own_and_says_what_it_cannot(victims: list[Victim]) -> None:
-    victim = Victim("victim", json.dumps({"sockets": [
-        {"proto": "tcp", "family": 4, "host": "127.0.0.1", "options": ["SO_REUSEPORT"]},
-        {"proto": "udp", "family": 4, "host": "127.0.0.1", "options": ["SO_REUSEADDR"]},
-    ]}))
+    victim = Victim(
+        "victim",
+        json.dumps(
+            {
+                "sockets": [
+                    {"proto": "tcp", "family": 4, "host": "127.0.0.1", "options": ["SO_REUSEPORT"]},
+                    {"proto": "udp", "family": 4, "host": "127.0.0.1", "options": ["SO_REUSEADDR"]},
+                ]
+            }
+        ),
+    )
     victims.append(victim)
     root_ports = victim.info["ports"]
     r = _script("nonroot", json.dumps(root_ports), str(victim.pid))
@@ -863,7 +933,9 @@ def test_cli_json_schema_and_exit_status() -> None:
         code, out, _ = _cli("--json", "--tcp", "--port", str(alone.getsockname()[1]), "--pid", str(os.getpid()))
         (row,) = json.loads(out)["sockets"]
         assert row["verdict"] == "exclusive" and code == 0
-        code, out, _ = _cli("--udp", "--port", f"{shared.getsockname()[1]}-{shared.getsockname()[1]}", "--color", "never")
+        code, out, _ = _cli(
+            "--udp", "--port", f"{shared.getsockname()[1]}-{shared.getsockname()[1]}", "--color", "never"
+        )
         assert code == 1
         assert f"pid {os.getpid()}" in out and "* UDP    127.0.0.1:" in out and "shareable" in out
         assert "\x1b[" not in out
@@ -883,8 +955,15 @@ def test_cli_json_schema_and_exit_status() -> None:
 
 @pytest.mark.parametrize(
     "args",
-    [["--port", "0"], ["--port", "70000"], ["--port", "9-3"], ["--port", "x"], ["--user", "no-such-user-xyz"],
-     ["--pid", "999999999"], ["--tcp", "--udp"]],
+    [
+        ["--port", "0"],
+        ["--port", "70000"],
+        ["--port", "9-3"],
+        ["--port", "x"],
+        ["--user", "no-such-user-xyz"],
+        ["--pid", "999999999"],
+        ["--tcp", "--udp"],
+    ],
 )
 def test_cli_bad_input_is_status_2(args: list[str]) -> None:
     code, out, err = _cli(*args)

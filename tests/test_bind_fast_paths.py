@@ -8,13 +8,14 @@ aside. The loop's plan cache must give exactly what `make_plan` gives.
 from __future__ import annotations
 
 import socket
+from typing import Any
 
 import pytest
 
 import aioexclusive
 from aioexclusive import ExclusivityError
-from aioexclusive.lowlevel import Role, make_plan
 from aioexclusive._binding import numeric_addrinfo
+from aioexclusive.lowlevel import Role, make_plan
 
 HAS_IPV6 = socket.has_ipv6
 
@@ -45,9 +46,7 @@ def test_literal_matches_getaddrinfo(host: str, kind: int, family: int, port: in
         return
     assert got == expected
     # Same types too: callers pass these on to socket.socket() and to the base loop.
-    assert [tuple(type(x) for x in info[:3]) for info in got] == [
-        tuple(type(x) for x in info[:3]) for info in expected
-    ]
+    assert [tuple(type(x) for x in info[:3]) for info in got] == [tuple(type(x) for x in info[:3]) for info in expected]
 
 
 @pytest.mark.parametrize(
@@ -80,13 +79,16 @@ def test_explicit_proto_is_kept() -> None:
 @pytest.mark.parametrize("role", [Role.TCP_LISTENER, Role.UDP_UNICAST, Role.FIXED_PORT_CLIENT])
 @pytest.mark.parametrize("reuse_address", [None, False, True, 0, 1])
 @pytest.mark.parametrize("reuse_port", [None, False, True, 0])
-def test_loop_plan_is_make_plan(allow: bool, role: Role, reuse_address: object, reuse_port: object) -> None:
+def test_loop_plan_is_make_plan(allow: bool, role: Role, reuse_address: Any, reuse_port: Any) -> None:
     loop = aioexclusive.new_event_loop(allow_reuse_port=allow)
     try:
         for _ in range(2):  # the second call may come from the cache
             try:
                 expected = make_plan(
-                    role, reuse_address=reuse_address, reuse_port=reuse_port, allow_reuse_port=allow,  # type: ignore[arg-type]
+                    role,
+                    reuse_address=reuse_address,
+                    reuse_port=reuse_port,
+                    allow_reuse_port=allow,
                     address=("127.0.0.1", 1),
                 )
             except ExclusivityError as exc:

@@ -29,7 +29,11 @@ except ImportError:
 def cli(*args: str, timeout: float = 120, pre: str = "") -> subprocess.CompletedProcess[str]:
     """``python -m aioexclusive ARGS``; *pre* is Python run first (to hide optional packages)."""
     if pre:
-        command = [sys.executable, "-c", f"{pre}\nimport sys\nfrom aioexclusive._cli import main\nsys.exit(main({list(args)!r}))"]
+        command = [
+            sys.executable,
+            "-c",
+            f"{pre}\nimport sys\nfrom aioexclusive._cli import main\nsys.exit(main({list(args)!r}))",
+        ]
     else:
         command = [sys.executable, "-m", "aioexclusive", *args]
     env = {k: v for k, v in os.environ.items() if k not in ("NO_COLOR", "FORCE_COLOR")}
@@ -204,7 +208,7 @@ def test_probe_finds_a_reuse_port_listener_without_stealing_a_connection() -> No
         while not stop.is_set():
             try:
                 conn, _ = service.accept()
-            except socket.timeout:
+            except TimeoutError:
                 continue
             with conn:
                 conn.recv(16)

@@ -50,9 +50,7 @@ def _run(coro_fn: Callable[[], Coroutine[Any, Any, Any]], loop: asyncio.Abstract
 def _outcome(loop: asyncio.AbstractEventLoop, **kwargs: Any) -> tuple[str, str]:
     async def attempt() -> tuple[str, str]:
         try:
-            transport, _ = await asyncio.get_running_loop().create_datagram_endpoint(
-                asyncio.DatagramProtocol, **kwargs
-            )
+            transport, _ = await asyncio.get_running_loop().create_datagram_endpoint(asyncio.DatagramProtocol, **kwargs)
         except (TypeError, ValueError, AssertionError, OSError) as exc:
             return type(exc).__name__, str(exc)
         transport.close()
@@ -302,7 +300,11 @@ def test_uvloop_refuses_a_bound_duck_typed_sock_that_says_unbound() -> None:
 @pytest.mark.parametrize("base", BASES)
 @pytest.mark.parametrize(
     "kwargs",
-    [{"local_addr": ("127.0.0.1", 0)}, {"family": socket.AF_INET}, {"local_addr": ("127.0.0.1", 0), "remote_addr": ("127.0.0.1", 9)}],
+    [
+        {"local_addr": ("127.0.0.1", 0)},
+        {"family": socket.AF_INET},
+        {"local_addr": ("127.0.0.1", 0), "remote_addr": ("127.0.0.1", 9)},
+    ],
     ids=["local", "family", "connected"],
 )
 def test_a_failing_protocol_factory_closes_nothing_else(base: str, kwargs: dict[str, Any]) -> None:
@@ -377,8 +379,13 @@ def test_uvloop_connected_endpoint_with_allowed_reuse_port_opens_like_plain_uvlo
 @pytest.mark.parametrize("base", BASES)
 @pytest.mark.parametrize(
     "kwargs",
-    [{}, {"local_addr": (1, 2, 3)}, {"local_addr": ()}, {"local_addr": "", "family": socket.AF_INET},
-     {"remote_addr": [], "family": socket.AF_INET6}],
+    [
+        {},
+        {"local_addr": (1, 2, 3)},
+        {"local_addr": ()},
+        {"local_addr": "", "family": socket.AF_INET},
+        {"remote_addr": [], "family": socket.AF_INET6},
+    ],
     ids=repr,
 )
 def test_closed_loop_and_empty_addresses_as_the_base_loop(base: str, kwargs: dict[str, Any]) -> None:
@@ -430,7 +437,9 @@ def test_multicast_sender_options_are_set_before_the_protocol_can_send(base: str
     async def main() -> tuple[Any, Any]:
         loop: Any = asyncio.get_running_loop()
         transport, protocol = await loop.create_datagram_endpoint(
-            Sender, local_addr=local, remote_addr=("239.1.2.3", 5000),
+            Sender,
+            local_addr=local,
+            remote_addr=("239.1.2.3", 5000),
             multicast=aioexclusive.Multicast(interface="lo", ttl=3),
         )
         try:

@@ -36,8 +36,8 @@ import pytest
 from harness import HAVE_IPV6, HAVE_UVLOOP, open_fds, warm_up_loops
 
 from aioexclusive import AddressInUseError, ExclusivityError
-from aioexclusive.lowlevel import exclusive_loop_class
 from aioexclusive._errors import InvalidPortError
+from aioexclusive.lowlevel import exclusive_loop_class
 
 hypothesis = pytest.importorskip("hypothesis")
 from hypothesis import HealthCheck, given, settings  # noqa: E402
@@ -51,7 +51,9 @@ BASES = ["asyncio", pytest.param("uvloop", marks=pytest.mark.skipif(not HAVE_UVL
 # More examples for a deeper search: AIOEXCLUSIVE_DIFF_EXAMPLES=2000 pytest tests/test_differential.py
 EXAMPLES = int(os.environ.get("AIOEXCLUSIVE_DIFF_EXAMPLES", "70"))
 SETTINGS = settings(
-    max_examples=EXAMPLES, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow]
+    max_examples=EXAMPLES,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
 )
 
 
@@ -69,7 +71,9 @@ def base_class(base: str) -> type:
 LOOPBACK_NAMES = {"localhost": ["127.0.0.1"], "loopback.test": ["127.0.0.1", "::1"], "v6.test": ["::1"]}
 
 
-async def loopback_resolver(host: Any, port: Any, *, family: int = 0, type: int = 0, proto: int = 0, flags: int = 0) -> Any:
+async def loopback_resolver(
+    host: Any, port: Any, *, family: int = 0, type: int = 0, proto: int = 0, flags: int = 0
+) -> Any:
     """getaddrinfo without DNS: literals and None as the C library answers them, a few loopback names, nothing else."""
     if isinstance(host, bytes):
         host = host.decode()
@@ -194,7 +198,16 @@ class Index:
 
 
 SAFE_HOSTS = ["127.0.0.1", "::1", "localhost", "0.0.0.0", "::", "::ffff:127.0.0.1", "127.1"]
-STDLIB_ONLY_HOSTS = ["loopback.test", "v6.test", "127.0.0.1 ", "256.0.0.1", "::g", "fe80::1%nope", "no.such.test", "\x00"]
+STDLIB_ONLY_HOSTS = [
+    "loopback.test",
+    "v6.test",
+    "127.0.0.1 ",
+    "256.0.0.1",
+    "::g",
+    "fe80::1%nope",
+    "no.such.test",
+    "\x00",
+]
 if not HAVE_IPV6:
     SAFE_HOSTS = [h for h in SAFE_HOSTS if ":" not in h]
 
@@ -224,7 +237,9 @@ def port_strategy() -> Any:
 
 
 FAMILIES = st.sampled_from([0, socket.AF_INET, socket.AF_INET6, AF_UNIX, 12345])
-FLAGS = st.sampled_from([0, socket.AI_PASSIVE, socket.AI_NUMERICHOST, socket.AI_CANONNAME, socket.AI_PASSIVE | socket.AI_NUMERICSERV])
+FLAGS = st.sampled_from(
+    [0, socket.AI_PASSIVE, socket.AI_NUMERICHOST, socket.AI_CANONNAME, socket.AI_PASSIVE | socket.AI_NUMERICSERV]
+)
 
 
 def free_port() -> int:
@@ -364,7 +379,11 @@ def make_sock(spec: tuple[int, int, str, str | None], path: str) -> socket.socke
 
 def _without_ports(outcome: Any) -> Any:
     sockets, serving = outcome[1]
-    return (outcome[0], ([(fam, addr[0] if isinstance(addr, tuple) else addr) for fam, addr in sockets], serving), *outcome[2:])
+    return (
+        outcome[0],
+        ([(fam, addr[0] if isinstance(addr, tuple) else addr) for fam, addr in sockets], serving),
+        *outcome[2:],
+    )
 
 
 def _sock_shares(spec: tuple[int, int, str, str | None]) -> bool:
@@ -374,7 +393,9 @@ def _sock_shares(spec: tuple[int, int, str, str | None]) -> bool:
 
 
 @pytest.mark.parametrize("base", BASES)
-@settings(max_examples=max(EXAMPLES * 5 // 7, 1), deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(
+    max_examples=max(EXAMPLES * 5 // 7, 1), deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
 @given(
     spec=st.sampled_from(SOCK_KINDS),
     reuse_port=st.sampled_from([None, True]),
@@ -382,7 +403,12 @@ def _sock_shares(spec: tuple[int, int, str, str | None]) -> bool:
     with_port=st.booleans(),
 )
 def test_create_server_sock_matches_the_base_loop(
-    base: str, tmp_path_factory: pytest.TempPathFactory, spec: Any, reuse_port: Any, start_serving: bool, with_port: bool
+    base: str,
+    tmp_path_factory: pytest.TempPathFactory,
+    spec: Any,
+    reuse_port: Any,
+    start_serving: bool,
+    with_port: bool,
 ) -> None:
     folder = tmp_path_factory.mktemp("sock")
     socks: list[socket.socket] = []
@@ -430,7 +456,9 @@ async def _datagram_summary(transport: Any, fixed: int | None) -> Any:
 
 
 def address_strategy(base: str) -> Any:
-    host = st.one_of(st.none(), st.just(""), st.sampled_from(SAFE_HOSTS + (STDLIB_ONLY_HOSTS if base == "asyncio" else [])))
+    host = st.one_of(
+        st.none(), st.just(""), st.sampled_from(SAFE_HOSTS + (STDLIB_ONLY_HOSTS if base == "asyncio" else []))
+    )
     pair = st.tuples(host, port_strategy())
     return st.one_of(
         st.none(),
@@ -456,12 +484,19 @@ def test_create_datagram_endpoint_matches_the_base_loop(
     base: str, data: Any, family: int, proto: int, reuse_port: Any, reuse_address: Any, allow_broadcast: Any
 ) -> None:
     local = data.draw(address_strategy(base), label="local_addr")
-    remote = data.draw(st.one_of(st.none(), st.just(("127.0.0.1", 9)), st.just(("::1", 9)), st.just(["127.0.0.1", 9])), label="remote")
+    remote = data.draw(
+        st.one_of(st.none(), st.just(("127.0.0.1", 9)), st.just(("::1", 9)), st.just(["127.0.0.1", 9])), label="remote"
+    )
     fixed = None
     if isinstance(local, (tuple, list)) and len(local) >= 2:
         port, fixed = concrete_port(local[1])
         local = type(local)([local[0], port, *local[2:]])
-    kwargs: dict[str, Any] = {"family": family, "proto": proto, "reuse_port": reuse_port, "allow_broadcast": allow_broadcast}
+    kwargs: dict[str, Any] = {
+        "family": family,
+        "proto": proto,
+        "reuse_port": reuse_port,
+        "allow_broadcast": allow_broadcast,
+    }
     if reuse_address != "unset":
         kwargs["reuse_address"] = reuse_address
 
@@ -479,7 +514,9 @@ def test_create_datagram_endpoint_matches_the_base_loop(
 
 
 @pytest.mark.parametrize("base", BASES)
-@settings(max_examples=max(EXAMPLES * 4 // 7, 1), deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(
+    max_examples=max(EXAMPLES * 4 // 7, 1), deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
 @given(
     local=st.one_of(
         st.tuples(st.sampled_from(["127.0.0.1", "localhost", ""]), st.sampled_from([0, "0", "FIXED"])),

@@ -63,8 +63,8 @@ def _scenario_hypercorn(port: int) -> socket.socket:
 
 
 def _scenario_multicast(port: int) -> socket.socket:
-    from aioexclusive.lowlevel import make_plan
     from aioexclusive._plan import Role
+    from aioexclusive.lowlevel import make_plan
 
     # Shaped as the plan says a receiver of this platform is: the options it
     # sets, bound to the group (or to the wildcard where the plan says so).
@@ -263,7 +263,9 @@ def _child_main(spec: dict[str, Any]) -> dict[str, Any]:
             # Was the port touched? A refused bind must not have happened.
             # (The probe is a plain socket: the guard, off now, must not judge it.)
             aioexclusive.guard("off")
-            probe = socket.socket(socket.AF_INET, socket.SOCK_DGRAM if spec["scenario"].startswith("udp") else socket.SOCK_STREAM)
+            probe = socket.socket(
+                socket.AF_INET, socket.SOCK_DGRAM if spec["scenario"].startswith("udp") else socket.SOCK_STREAM
+            )
             try:
                 probe.bind(("127.0.0.1", port))
                 result["port_free"] = True
@@ -314,7 +316,9 @@ def free_port(kind: int = socket.SOCK_STREAM) -> int:
         with socket.socket(socket.AF_INET, kind) as first:
             first.bind(("127.0.0.1", 0))
             port = int(first.getsockname()[1])
-            other = socket.socket(socket.AF_INET, socket.SOCK_DGRAM if kind == socket.SOCK_STREAM else socket.SOCK_STREAM)
+            other = socket.socket(
+                socket.AF_INET, socket.SOCK_DGRAM if kind == socket.SOCK_STREAM else socket.SOCK_STREAM
+            )
             try:
                 other.bind(("127.0.0.1", port))
             except OSError:
@@ -376,7 +380,9 @@ def test_warn_names_address_and_caller(scenario: str, option: str) -> None:
     # Nothing is changed in warn mode.
     assert result["options"][option] == 1
     # Attributed to the code that asked for the socket, not to the hook or the stdlib.
-    expected_file = {"create_server": "test_guard.py", "udp_reuseaddr": "test_guard.py", "hypercorn": "config.py"}[scenario]
+    expected_file = {"create_server": "test_guard.py", "udp_reuseaddr": "test_guard.py", "hypercorn": "config.py"}[
+        scenario
+    ]
     assert warning["filename"].endswith(expected_file), warning
     if scenario == "create_server":
         assert "socket.py" in message and "in create_server" in message and "called from" in message
@@ -431,8 +437,8 @@ def test_control_without_guard_the_attacker_wins(scenario: str, option: str, mod
 def test_multicast_receiver_untouched(mode: str) -> None:
     result = run_child("multicast", [mode])
     assert "error" not in result and result["warnings"] == []
-    from aioexclusive.lowlevel import make_plan
     from aioexclusive._plan import Role
+    from aioexclusive.lowlevel import make_plan
 
     for name, value in make_plan(Role.UDP_MULTICAST).set:
         assert result["options"][name] == value, result
@@ -510,11 +516,23 @@ MORE = {
     "udp_index_port": ("udp", "SO_REUSEADDR", "127.0.0.1:{port}", True),
     "udp_wildcard": ("udp", "SO_REUSEADDR", "0.0.0.0:{port}", True),
     "udp_wildcard_empty_host": ("udp", "SO_REUSEADDR", "0.0.0.0:{port}", True),
-    "udp_late": ("udp", "SO_REUSEADDR", "setsockopt(SO_REUSEADDR, 1) after the bind of the UDP socket on 127.0.0.1:{port}", True),
-    "tcp_late": ("tcp", "SO_REUSEPORT", "setsockopt(SO_REUSEPORT, 1) after the bind of the TCP socket on 127.0.0.1:{port}", False),
+    "udp_late": (
+        "udp",
+        "SO_REUSEADDR",
+        "setsockopt(SO_REUSEADDR, 1) after the bind of the UDP socket on 127.0.0.1:{port}",
+        True,
+    ),
+    "tcp_late": (
+        "tcp",
+        "SO_REUSEPORT",
+        "setsockopt(SO_REUSEPORT, 1) after the bind of the TCP socket on 127.0.0.1:{port}",
+        False,
+    ),
     "tcp_late_packed": ("tcp", "SO_REUSEPORT", "setsockopt(SO_REUSEPORT, 1) after the bind", False),
 }
-linux_only = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="Linux's sharing rules (UDP SO_REUSEADDR across users)")
+linux_only = pytest.mark.skipif(
+    not sys.platform.startswith("linux"), reason="Linux's sharing rules (UDP SO_REUSEADDR across users)"
+)
 
 
 def _more(scenario: str, modes: list[str]) -> dict[str, Any]:
@@ -991,7 +1009,9 @@ def test_later_calls_change_the_mode() -> None:
         ({"mode": "warn", "allow": [True]}, TypeError, "allow entries"),
     ],
 )
-def test_bad_arguments_are_refused_before_anything_is_installed(kwargs: dict[str, Any], error: type, words: str) -> None:
+def test_bad_arguments_are_refused_before_anything_is_installed(
+    kwargs: dict[str, Any], error: type, words: str
+) -> None:
     # Safe in the pytest process: arguments are checked before the hook could be installed.
     import aioexclusive
     from aioexclusive import _guard
@@ -1052,7 +1072,12 @@ def _pth_run(python: Path, flags: list[str], **env: str) -> subprocess.Completed
     code = _PTH_PROBE.replace("PORT", str(free_port(socket.SOCK_DGRAM)))
     # cwd away from the checkout, so the installed copy is what runs.
     return subprocess.run(  # noqa: PLW1510 - the return code is checked
-        [str(python), *flags, "-c", code], capture_output=True, text=True, timeout=120, env=_clean_env(**env), cwd=str(python.parent)
+        [str(python), *flags, "-c", code],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=_clean_env(**env),
+        cwd=str(python.parent),
     )
 
 
@@ -1075,7 +1100,9 @@ def test_wheel_ships_the_pth_and_it_works_under_isolated_mode(guarded_venv: Path
 @posix_only
 @pytest.mark.slow
 def test_pth_allow_list_bad_values_and_no_site(guarded_venv: Path) -> None:
-    allowed = _pth_run(guarded_venv, [], AIOEXCLUSIVE_GUARD="raise", AIOEXCLUSIVE_GUARD_ALLOW="10.0.0.0/8:*, 127.0.0.1:*")
+    allowed = _pth_run(
+        guarded_venv, [], AIOEXCLUSIVE_GUARD="raise", AIOEXCLUSIVE_GUARD_ALLOW="10.0.0.0/8:*, 127.0.0.1:*"
+    )
     assert allowed.stdout.split() == ["bound", "1", "True"], allowed
     # A typo must not stop the program, and must not pass silently either.
     typo = _pth_run(guarded_venv, [], AIOEXCLUSIVE_GUARD="rasie")
@@ -1138,4 +1165,3 @@ def test_pth_line_is_tiny_and_inert() -> None:
         if saved is not None:
             os.environ["AIOEXCLUSIVE_GUARD"] = saved
     assert set(sys.modules) - before == set()
-

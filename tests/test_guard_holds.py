@@ -31,7 +31,7 @@ V4, V6 = 4, 6
 
 # The victims: print the port, serve until a line on stdin, close, print "closed",
 # wait for another line. Each is what a plain program does, nothing aioexclusive.
-VICTIM = r'''
+VICTIM = r"""
 import asyncio, socket, socketserver, sys, threading, warnings
 warnings.simplefilter("always")
 KIND, PORT = sys.argv[1], int(sys.argv[2])
@@ -89,7 +89,7 @@ async def main():
     await loop.run_in_executor(None, sys.stdin.readline)
 
 asyncio.run(main())
-'''
+"""
 
 
 class Victim:
@@ -101,7 +101,11 @@ class Victim:
             env["AIOEXCLUSIVE_GUARD"] = mode
         self.proc = subprocess.Popen(  # noqa: S603 - our own interpreter and script
             [sys.executable, "-c", VICTIM, kind, str(port)],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=env,
         )
         assert self.proc.stdout is not None
         self.first = self.proc.stdout.readline().strip()
@@ -139,7 +143,9 @@ def _victim(victims: list[Victim], kind: str, mode: str | None, port: int = 0) -
     return victim
 
 
-def _two_step(attacker: Attacker, family: int, port: int, *, prime_reuseaddr: bool = True) -> tuple[BindResult, str, int]:
+def _two_step(
+    attacker: Attacker, family: int, port: int, *, prime_reuseaddr: bool = True
+) -> tuple[BindResult, str, int]:
     """The attack against *family*'s wildcard listener on *port*: (attacker's listener result, prime, stolen).
 
     `Attacker.two_step_attack`; prime_reuseaddr by default (a control that lost to a TIME_WAIT left on the
@@ -290,7 +296,9 @@ def test_closing_one_of_two_listeners_keeps_its_family_held(
     assert "ExclusivityWarning" not in err, err
 
 
-def test_closing_a_port_0_listener_of_two_rebinds_the_hold(other_user_attacker: Attacker, victims: list[Victim]) -> None:
+def test_closing_a_port_0_listener_of_two_rebinds_the_hold(
+    other_user_attacker: Attacker, victims: list[Victim]
+) -> None:
     """The IPv4 server was bound to port 0: shut down, it leaves the port's bind bucket; a fresh hold replaces it."""
     for _ in range(5):
         # Port 0 is the point here, so the kernel's pick may carry TIME_WAIT from earlier tests on the
@@ -319,13 +327,13 @@ def test_hold_lives_as_long_as_the_listener(victims: list[Victim], kind: str, he
 
 # -- the launcher, with a real pre-forking server ------------------------------------------------
 
-APP = '''
+APP = """
 async def app(scope, receive, send):
     if scope["type"] != "http":
         return
     await send({"type": "http.response.start", "status": 200, "headers": []})
     await send({"type": "http.response.body", "body": b"VICTIM"})
-'''
+"""
 
 
 def test_launcher_hypercorn_workers(other_user_attacker: Attacker, tmp_path: Path) -> None:
@@ -336,9 +344,27 @@ def test_launcher_hypercorn_workers(other_user_attacker: Attacker, tmp_path: Pat
     port = _free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("AIOEXCLUSIVE_")}
     proc = subprocess.Popen(  # noqa: S603 - our own interpreter
-        [sys.executable, "-m", "aioexclusive", "run", "--mode", "enforce", "--",
-         str(hypercorn), "app_holds:app", "--workers", "2", "--bind", f"0.0.0.0:{port}"],
-        cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True,
+        [
+            sys.executable,
+            "-m",
+            "aioexclusive",
+            "run",
+            "--mode",
+            "enforce",
+            "--",
+            str(hypercorn),
+            "app_holds:app",
+            "--workers",
+            "2",
+            "--bind",
+            f"0.0.0.0:{port}",
+        ],
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
     )
     try:
         # Listening (the first worker to listen took the hold; time for the second to start too).

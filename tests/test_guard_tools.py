@@ -27,7 +27,8 @@ from typing import Any
 import pytest
 
 pytestmark = pytest.mark.skipif(
-    not sys.platform.startswith("linux"), reason="the probe's and the demo's sharing cases are Linux's (forked attackers)"
+    not sys.platform.startswith("linux"),
+    reason="the probe's and the demo's sharing cases are Linux's (forked attackers)",
 )
 
 IS_ROOT = hasattr(os, "geteuid") and os.geteuid() == 0

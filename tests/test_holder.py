@@ -77,7 +77,9 @@ def test_holder_of_another_user_is_named_as_root(base: str, other_user_attacker:
     assert "nobody" in str(info.value) or "65534" in str(info.value)
 
 
-def test_without_psutil_the_message_says_how_to_look(monkeypatch: pytest.MonkeyPatch, same_user_attacker: Attacker) -> None:
+def test_without_psutil_the_message_says_how_to_look(
+    monkeypatch: pytest.MonkeyPatch, same_user_attacker: Attacker
+) -> None:
     monkeypatch.setitem(sys.modules, "psutil", None)  # import psutil -> ImportError
     port = _port_held_by(same_user_attacker, "tcp")
     try:

@@ -26,7 +26,12 @@ pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="co
 
 # What create_server/create_datagram_endpoint may raise for bad input, as documented.
 DOCUMENTED: tuple[type[BaseException], ...] = (
-    TypeError, ValueError, OverflowError, OSError, ExclusivityError, AddressInUseError
+    TypeError,
+    ValueError,
+    OverflowError,
+    OSError,
+    ExclusivityError,
+    AddressInUseError,
 )
 if sys.version_info < (3, 11):
     # asyncio 3.10 asserts a datagram address is a 2-tuple; the exclusive loop raises what it raises.

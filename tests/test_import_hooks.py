@@ -66,7 +66,9 @@ print(fakelib_ix.server(), len(calls))
 
 def test_a_module_imported_before_activation_is_patched_at_once(tmp_path: Path) -> None:
     (tmp_path / "fakelib_ix.py").write_text(FAKE)
-    result = run(PRELUDE + "import fakelib_ix\nhooks.activate()\nhooks.activate()\nprint(fakelib_ix.server(), calls)\n", tmp_path)
+    result = run(
+        PRELUDE + "import fakelib_ix\nhooks.activate()\nhooks.activate()\nprint(fakelib_ix.server(), calls)\n", tmp_path
+    )
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "patched original ['fakelib_ix']"  # once, however often activate() runs
 

@@ -102,7 +102,9 @@ def test_the_program_is_this_process_and_gets_the_signals(same_user_attacker: At
 
 @posix_only
 def test_control_the_same_program_unlaunched_is_joined(same_user_attacker: Attacker) -> None:
-    proc = subprocess.Popen([PY, "-c", SERVICE, str(free_port())], env=env_without_guard(), stdout=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [PY, "-c", SERVICE, str(free_port())], env=env_without_guard(), stdout=subprocess.PIPE, text=True
+    )
     try:
         assert proc.stdout is not None
         words = proc.stdout.readline().split()
@@ -123,10 +125,15 @@ def test_mode_and_allow_reach_every_python_process() -> None:
         "subprocess.run([sys.executable, '-c', 'import aioexclusive._guard as g; print(g.current_mode(), "
         "[p.text for p in g._state.allow])'])"
     )
-    proc = launcher("--mode", "raise", "--allow", "*:5353", "--allow", "127.0.0.1:9000-9001,[::1]:7", "--", PY, "-c", code)
+    proc = launcher(
+        "--mode", "raise", "--allow", "*:5353", "--allow", "127.0.0.1:9000-9001,[::1]:7", "--", PY, "-c", code
+    )
     out, err = proc.communicate(timeout=60)
     assert proc.returncode == 0, err
-    assert out.splitlines() == ["raise *:5353,127.0.0.1:9000-9001,[::1]:7", "raise ['*:5353', '127.0.0.1:9000-9001', '[::1]:7']"]
+    assert out.splitlines() == [
+        "raise *:5353,127.0.0.1:9000-9001,[::1]:7",
+        "raise ['*:5353', '127.0.0.1:9000-9001', '[::1]:7']",
+    ]
 
 
 def _python_without_aioexclusive() -> str | None:
@@ -173,7 +180,9 @@ def test_launch_environment() -> None:
     assert env["AIOEXCLUSIVE_GUARD_ALLOW"] == "*:5353"  # inherited when --allow is not given
     assert env["PYTHONPATH"].split(os.pathsep)[1:] == ["/x"]
     assert env["PYTHONPATH"].split(os.pathsep)[0].endswith("_bootstrap")
-    assert launch_environment("warn", ["1:2"], {"AIOEXCLUSIVE_GUARD_ALLOW": "*:5353"})["AIOEXCLUSIVE_GUARD_ALLOW"] == "1:2"
+    assert (
+        launch_environment("warn", ["1:2"], {"AIOEXCLUSIVE_GUARD_ALLOW": "*:5353"})["AIOEXCLUSIVE_GUARD_ALLOW"] == "1:2"
+    )
     with pytest.raises(ValueError):
         launch_environment("loud", None, {})
     with pytest.raises(ValueError):

@@ -179,7 +179,9 @@ def test_server_socket_options(base: str, host: str | None) -> None:
         async with server:
             found = []
             for sock in server.sockets:
-                v6only = sock.getsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY) if sock.family == socket.AF_INET6 else 1
+                v6only = (
+                    sock.getsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY) if sock.family == socket.AF_INET6 else 1
+                )
                 found.append((*opts(sock), v6only))
             return found
 
@@ -354,9 +356,7 @@ def test_reuse_port_refused_and_allowed(base: str) -> None:
     async def allowed() -> tuple[tuple[int, int], tuple[int, int]]:
         loop = asyncio.get_running_loop()
         server = await loop.create_server(asyncio.Protocol, "127.0.0.1", 0, reuse_port=True)
-        transport, _ = await loop.create_datagram_endpoint(
-            asyncio.DatagramProtocol, ("127.0.0.1", 0), reuse_port=True
-        )
+        transport, _ = await loop.create_datagram_endpoint(asyncio.DatagramProtocol, ("127.0.0.1", 0), reuse_port=True)
         result = opts(server.sockets[0]), opts(transport.get_extra_info("socket"))
         transport.close()
         server.close()
@@ -463,7 +463,9 @@ def test_listen_follows_bind_at_once(base: str) -> None:
     port = rival.getsockname()[1]
 
     async def main() -> None:
-        server = await asyncio.get_running_loop().create_server(asyncio.Protocol, "127.0.0.1", port, start_serving=False)
+        server = await asyncio.get_running_loop().create_server(
+            asyncio.Protocol, "127.0.0.1", port, start_serving=False
+        )
         try:
             with pytest.raises(OSError) as info:
                 rival.listen()
@@ -683,9 +685,7 @@ def test_several_addresses_on_asyncio_give_asyncios_own_server(start_serving: bo
 
     async def main() -> tuple[str, int, list[bool], bool]:
         loop = asyncio.get_running_loop()
-        server = await loop.create_server(
-            asyncio.Protocol, ["127.0.0.1", "::1"], 0, start_serving=start_serving
-        )
+        server = await loop.create_server(asyncio.Protocol, ["127.0.0.1", "::1"], 0, start_serving=start_serving)
         ports = {sock.getsockname()[1] for sock in server.sockets}
         if not start_serving:
             await server.start_serving()

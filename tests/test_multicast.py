@@ -33,9 +33,10 @@ import pytest
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
+from harness import BASES
+
 import aioexclusive
 from aioexclusive import ExclusivityError, Multicast
-from aioexclusive.lowlevel import Role, make_plan
 from aioexclusive._multicast_plan import (
     FACTS,
     Interface,
@@ -45,7 +46,7 @@ from aioexclusive._multicast_plan import (
     sender_options,
 )
 from aioexclusive._plan import PLATFORMS
-from harness import BASES
+from aioexclusive.lowlevel import Role, make_plan
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
@@ -323,8 +324,9 @@ def test_bad_requests(base: str, no_leak: None) -> None:
         _run(_endpoint(multicast=True), base)
     with pytest.raises((TypeError, AssertionError), match="2-tuple is expected|must be a tuple of"):
         _run(_endpoint(local_addr="239.1.2.3", multicast=True), base)
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock, pytest.raises(
-        ValueError, match="multicast= and sock= can not be combined"
+    with (
+        socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock,
+        pytest.raises(ValueError, match="multicast= and sock= can not be combined"),
     ):
         _run(_endpoint(sock=sock, multicast=True), base)
 
@@ -475,8 +477,9 @@ def test_source_specific_and_errors(base: str) -> None:
     errors = r["errors"]
     # Linux: EADDRNOTAVAIL for an interface address no interface has.
     assert errors["address_not_here"]["errno"] in (errno.EADDRNOTAVAIL, errno.ENODEV)
-    assert "could not join multicast group 239.1.2.9 on the interface with address 192.0.2.77" in (
-        errors["address_not_here"]["message"]
+    assert (
+        "could not join multicast group 239.1.2.9 on the interface with address 192.0.2.77"
+        in (errors["address_not_here"]["message"])
     )
     assert errors["group_port_held_by_unicast"]["type"] == "AddressInUseError"
     assert errors["unicast_after_multicast"]["type"] == "AddressInUseError"
@@ -489,7 +492,9 @@ def test_example_announces_to_listeners() -> None:
     # Two listeners share the group's port; each hears both announcements.
     assert len(r["listeners"]) == 2
     for lines in r["listeners"]:
-        assert len(lines) == 2 and all(line.startswith("printer at ") and line.endswith(" port 631") for line in lines), r
+        assert len(lines) == 2 and all(
+            line.startswith("printer at ") and line.endswith(" port 631") for line in lines
+        ), r
 
 
 # ============================================================================================
@@ -584,7 +589,9 @@ class Rx(asyncio.DatagramProtocol):
 
 def _options(transport: Any) -> dict[str, int]:
     sock = transport.get_extra_info("socket")
-    return {name: sock.getsockopt(socket.SOL_SOCKET, getattr(socket, name)) for name in ("SO_REUSEADDR", "SO_REUSEPORT")}
+    return {
+        name: sock.getsockopt(socket.SOL_SOCKET, getattr(socket, name)) for name in ("SO_REUSEADDR", "SO_REUSEPORT")
+    }
 
 
 async def _settle() -> None:
@@ -634,8 +641,15 @@ def _scenario_share(base: str, family: int) -> dict[str, Any]:
         tb, pb = await loop.create_datagram_endpoint(Rx, local_addr=local_b, multicast=recv_b)
         report["transport_type"] = type(ta).__name__
         child = await asyncio.create_subprocess_exec(
-            sys.executable, os.path.abspath(__file__), "receiver", base, str(family), group, str(port),
-            stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
+            sys.executable,
+            os.path.abspath(__file__),
+            "receiver",
+            base,
+            str(family),
+            group,
+            str(port),
+            stdin=asyncio.subprocess.PIPE,
+            stdout=asyncio.subprocess.PIPE,
         )
         assert child.stdout is not None and child.stdin is not None
 
@@ -769,6 +783,7 @@ def _receiver_process(base: str, family: int, group: str, port: int) -> None:
         transport, rx = await loop.create_datagram_endpoint(Rx, local_addr=(group, port), multicast=options)
         emit(options=_options(transport), bound=transport.get_extra_info("sockname")[0])
         stop = loop.create_future()
+
         def on_stdin() -> None:
             # EOF on stdin (the parent closed it) stops the receiver.
             if not stop.done() and not os.read(sys.stdin.fileno(), 1024):
@@ -821,7 +836,7 @@ def _scenario_ssm(base: str) -> dict[str, Any]:
                 remote_addr=(group, port),
                 multicast=Multicast(interface="lo"),
             )
-        for source, sender in senders.items():
+        for sender in senders.values():
             for i in range(N):
                 sender.sendto(f"s:{i}".encode())
         senders["127.0.0.2"].sendto(b"s:end")
@@ -843,7 +858,9 @@ def _scenario_ssm(base: str) -> dict[str, Any]:
             Rx, local_addr=(group6, port), multicast=Multicast(interface="v0", source=v1_addr)
         )
         # The witness names v0 by its link-local address (no scope): found in the kernel's address table.
-        t_w, r_w = await loop.create_datagram_endpoint(Rx, local_addr=(group6, port), multicast=Multicast(interface=v0_addr))
+        t_w, r_w = await loop.create_datagram_endpoint(
+            Rx, local_addr=(group6, port), multicast=Multicast(interface=v0_addr)
+        )
         report["witness_index_is_v0"] = t_w.get_extra_info("sockname")[3] == socket.if_nametoindex("v0")
         from_v0, _ = await loop.create_datagram_endpoint(
             asyncio.DatagramProtocol, remote_addr=(group6, port), multicast=Multicast(interface="v0", loopback=True)
@@ -878,9 +895,7 @@ def _scenario_ssm(base: str) -> dict[str, Any]:
                 transport.close()
                 errors[key] = {"type": None}
 
-        await expect(
-            "address_not_here", local_addr=("239.1.2.9", port), multicast=Multicast(interface="192.0.2.77")
-        )
+        await expect("address_not_here", local_addr=("239.1.2.9", port), multicast=Multicast(interface="192.0.2.77"))
         # No route for 224/4 in this namespace: the OS cannot choose an interface.
         await expect("no_route_default_interface", local_addr=("239.1.2.9", port), multicast=True)
         held, _ = await loop.create_datagram_endpoint(Rx, local_addr=("239.1.2.9", port))  # exclusive, no multicast
@@ -909,7 +924,9 @@ def _scenario_example() -> dict[str, Any]:
     listeners = [
         subprocess.Popen(
             [sys.executable, script, "listen", "--interface", "lo", "--count", "2"],
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
         )
         for _ in range(2)
     ]
@@ -917,9 +934,23 @@ def _scenario_example() -> dict[str, Any]:
         assert proc.stderr is not None
         proc.stderr.readline()  # "listening on ..." once joined
     subprocess.run(
-        [sys.executable, script, "announce", "--interface", "lo", "--name", "printer", "--port", "631",
-         "--count", "2", "--interval", "0.05"],
-        check=True, timeout=30,
+        [
+            sys.executable,
+            script,
+            "announce",
+            "--interface",
+            "lo",
+            "--name",
+            "printer",
+            "--port",
+            "631",
+            "--count",
+            "2",
+            "--interval",
+            "0.05",
+        ],
+        check=True,
+        timeout=30,
     )
     out = [proc.communicate(timeout=30)[0].splitlines() for proc in listeners]
     return {"listeners": out}

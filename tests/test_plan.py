@@ -58,8 +58,17 @@ def test_windows_never_mixes_exclusive_and_reuseaddr() -> None:
 
 @pytest.mark.parametrize(
     ("sys_platform", "expected"),
-    [("win32", "windows"), ("linux", "linux"), ("darwin", "bsd"), ("freebsd14", "bsd"), ("openbsd7", "bsd"),
-     ("netbsd10", "bsd"), ("dragonfly6", "bsd"), ("cygwin", "linux"), ("sunos5", "linux")],
+    [
+        ("win32", "windows"),
+        ("linux", "linux"),
+        ("darwin", "bsd"),
+        ("freebsd14", "bsd"),
+        ("openbsd7", "bsd"),
+        ("netbsd10", "bsd"),
+        ("dragonfly6", "bsd"),
+        ("cygwin", "linux"),
+        ("sunos5", "linux"),
+    ],
 )
 def test_current_platform(sys_platform: str, expected: str) -> None:
     assert current_platform(sys_platform) == expected

@@ -11,8 +11,8 @@ import inspect
 import subprocess
 import sys
 import warnings
-from typing import Any
 from pathlib import Path
+from typing import Any
 
 import pytest
 

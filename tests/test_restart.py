@@ -13,9 +13,9 @@ from harness import run
 
 import aioexclusive
 
-pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="uses the POSIX loops (the Windows leg runs under Wine)")
-
-
+pytestmark = pytest.mark.skipif(
+    sys.platform == "win32", reason="uses the POSIX loops (the Windows leg runs under Wine)"
+)
 
 
 class LineService(asyncio.Protocol):

@@ -30,8 +30,6 @@ except ImportError:
     HAVE_PSUTIL = False
 
 
-
-
 @pytest.fixture
 def path(tmp_path: Any) -> Iterator[str]:
     # Short: AF_UNIX paths are limited to ~107 bytes and tmp_path can be long.
@@ -594,9 +592,7 @@ def _hold_directory_flock(directory: str) -> Any:
 
 @pytest.mark.cross_user
 @pytest.mark.skipif(not hasattr(os, "geteuid") or os.geteuid() != 0, reason="needs root to drop to uid 65534")
-def test_another_users_directory_lock_neither_stalls_nor_unlocks(
-    path: str, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_another_users_directory_lock_neither_stalls_nor_unlocks(path: str, monkeypatch: pytest.MonkeyPatch) -> None:
     """uid 65534 holds a flock on the socket's directory (any user who can open it can).
 
     Neither a stall (the wait is made an hour here: a start that waited for

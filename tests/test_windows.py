@@ -39,10 +39,10 @@ from harness import HAVE_IPV6, needs_ipv6, run
 
 import aioexclusive
 from aioexclusive import AddressInUseError, ExclusivityError, ExclusivityWarning
-from aioexclusive.lowlevel import make_plan
 from aioexclusive._binding import apply_plan, translate_bind_error
 from aioexclusive._errors import is_address_in_use
 from aioexclusive._plan import Role
+from aioexclusive.lowlevel import make_plan
 
 WINDOWS = sys.platform == "win32"
 if sys.platform == "win32":
@@ -876,7 +876,8 @@ def _winerror(code: int, errno_: int) -> OSError:
 
 
 @pytest.mark.parametrize(
-    ("code", "errno_", "name"), [(WSAEACCES, errno.EACCES, "WSAEACCES"), (WSAEADDRINUSE, errno.EADDRINUSE, "WSAEADDRINUSE")]
+    ("code", "errno_", "name"),
+    [(WSAEACCES, errno.EACCES, "WSAEACCES"), (WSAEADDRINUSE, errno.EADDRINUSE, "WSAEADDRINUSE")],
 )
 def test_winerror_becomes_address_in_use_error_anywhere(code: int, errno_: int, name: str) -> None:
     exc = _winerror(code, errno_)

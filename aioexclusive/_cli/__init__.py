@@ -76,8 +76,7 @@ def _parser() -> argparse.ArgumentParser:
         "--user",
         metavar="NAME",
         action="append",
-        help="as root: also try as this user (repeatable; default: nobody, plus the service's user if psutil "
-        "can tell)",
+        help="as root: also try as this user (repeatable; default: nobody, plus the service's user if psutil can tell)",
     )
     probe.add_argument("--json", action="store_true", help="print a JSON report for scripts")
 
@@ -110,7 +109,12 @@ def _parser() -> argparse.ArgumentParser:
         "Python process it starts: Python binds become exclusive as the mode says, and grpc, uvloop, gunicorn, "
         "tornado and aiocoap get exclusive defaults. CMD replaces this process (same pid, signals, exit status).",
     )
-    run.add_argument("--mode", choices=("enforce", "raise", "warn", "off"), default="enforce", help="the guard's mode (default: enforce)")
+    run.add_argument(
+        "--mode",
+        choices=("enforce", "raise", "warn", "off"),
+        default="enforce",
+        help="the guard's mode (default: enforce)",
+    )
     run.add_argument(
         "--allow",
         metavar="HOST:PORT",

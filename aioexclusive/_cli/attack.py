@@ -121,7 +121,12 @@ def attempt(
             try:
                 sock.listen(1)
             except OSError as exc:
-                result.update(listened=False, stage="listen", errno=exc.errno, error=_errno.errorcode.get(exc.errno or 0, str(exc)))
+                result.update(
+                    listened=False,
+                    stage="listen",
+                    errno=exc.errno,
+                    error=_errno.errorcode.get(exc.errno or 0, str(exc)),
+                )
             else:
                 result["listened"] = True
     finally:
@@ -147,7 +152,12 @@ class _Holder:
                 sock.listen(64)
             except OSError as exc:
                 sock.close()
-                return {"ok": False, "stage": "listen", "errno": exc.errno, "error": _errno.errorcode.get(exc.errno or 0, "")}
+                return {
+                    "ok": False,
+                    "stage": "listen",
+                    "errno": exc.errno,
+                    "error": _errno.errorcode.get(exc.errno or 0, ""),
+                }
         sock.setblocking(False)
         self.sock, self.proto = sock, proto
         return {"ok": True}
@@ -194,8 +204,13 @@ def _serve(rfile: IO[bytes], wfile: IO[bytes]) -> None:
         op = cmd.pop("op")
         if op == "attempt":
             reply = attempt(
-                cmd["proto"], cmd["host"], cmd["port"], cmd["options"],
-                listen=cmd["listen"], v6only=cmd.get("v6only", True), prime=cmd.get("prime"),
+                cmd["proto"],
+                cmd["host"],
+                cmd["port"],
+                cmd["options"],
+                listen=cmd["listen"],
+                v6only=cmd.get("v6only", True),
+                prime=cmd.get("prime"),
             )
         elif op == "hold":
             reply = holder.hold(cmd["proto"], cmd["host"], cmd["port"], cmd["options"])
@@ -301,7 +316,14 @@ class Agent:
         prime: dict[str, Any] | None = None,
     ) -> dict[str, Any]:
         return self._ask(
-            op="attempt", proto=proto, host=host, port=port, options=list(options), listen=listen, v6only=v6only, prime=prime
+            op="attempt",
+            proto=proto,
+            host=host,
+            port=port,
+            options=list(options),
+            listen=listen,
+            v6only=v6only,
+            prime=prime,
         )
 
     def hold(self, proto: str, host: str, port: int, options: tuple[str, ...]) -> dict[str, Any]:

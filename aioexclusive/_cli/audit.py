@@ -289,15 +289,27 @@ def _fast_path_gap(
 # Frameworks recognised from a process's command line (or, for grpc, its
 # loaded libraries): the one-line fix for a shareable socket.
 _FIXES: tuple[tuple[str, str], ...] = (
-    ("gunicorn", "gunicorn: drop --reuse-port (reuse_port = False in the config), or start it with "
-     "`python -m aioexclusive run -- gunicorn ...`"),
-    ("hypercorn", "hypercorn: use aioexclusive.contrib.hypercorn.ExclusiveConfig (plain hypercorn sets "
-     "SO_REUSEPORT when workers > 1)"),
+    (
+        "gunicorn",
+        "gunicorn: drop --reuse-port (reuse_port = False in the config), or start it with "
+        "`python -m aioexclusive run -- gunicorn ...`",
+    ),
+    (
+        "hypercorn",
+        "hypercorn: use aioexclusive.contrib.hypercorn.ExclusiveConfig (plain hypercorn sets "
+        "SO_REUSEPORT when workers > 1)",
+    ),
     ("uvicorn", "uvicorn: run with --loop aioexclusive:new_event_loop, or aioexclusive.contrib.uvicorn.run()"),
-    ("granian", "granian sets SO_REUSEPORT in Rust to balance its workers: run it as a user of its own "
-     "(SO_REUSEPORT only shares within one user), or behind a front end on an exclusive port"),
-    ("grpc", "grpc: pass options=[('grpc.so_reuseport', 0)] to grpc.server() / grpc.aio.server() (the "
-     "channel argument grpc.so_reuseport=0 in every language)"),
+    (
+        "granian",
+        "granian sets SO_REUSEPORT in Rust to balance its workers: run it as a user of its own "
+        "(SO_REUSEPORT only shares within one user), or behind a front end on an exclusive port",
+    ),
+    (
+        "grpc",
+        "grpc: pass options=[('grpc.so_reuseport', 0)] to grpc.server() / grpc.aio.server() (the "
+        "channel argument grpc.so_reuseport=0 in every language)",
+    ),
 )
 _PYTHON_FIX = (
     "Python: serve on an exclusive loop (asyncio.run(main(), loop_factory=aioexclusive.new_event_loop)) "
@@ -658,7 +670,13 @@ def audit(
         if sock.proto == "tcp" and sock.port and not sock.connected:
             pids = {p for p, _ in scan.owners.get(sock.inode, ())}
             entry = port_map.add(
-                sock.family, sock.address, sock.port, uid=sock.uid, pids=pids, listening=sock.is_listening, inode=sock.inode
+                sock.family,
+                sock.address,
+                sock.port,
+                uid=sock.uid,
+                pids=pids,
+                listening=sock.is_listening,
+                inode=sock.inode,
             )
             entries.append((sock, entry))
     selected = [
@@ -835,8 +853,12 @@ def _probe_fallback(sock: ProcSocket, finding: Finding) -> Finding:
         return Finding("unknown", "", f"{finding.why}; the bind probe failed ({exc})")
     if report.get("shareable"):
         findings = report.get("findings") or []
-        return Finding("shareable", "; ".join(str(f) for f in findings[:3]), "found by the bind probe (--probe): "
-                       "its options could not be read, but another socket could bind next to it")
+        return Finding(
+            "shareable",
+            "; ".join(str(f) for f in findings[:3]),
+            "found by the bind probe (--probe): "
+            "its options could not be read, but another socket could bind next to it",
+        )
     return Finding(
         "exclusive",
         "nobody the probe tried",
@@ -936,4 +958,3 @@ def run_audit(
     else:
         show(out, report)
     return int(report["exit"])
-

@@ -25,13 +25,13 @@ import os
 import platform
 import socket
 import sys
-from dataclasses import dataclass, field
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
 from typing import Any
 
-from .attack import NOBODY, Agent, option_sets, resolve_user
 from .._errors import ExclusivityError
 from .._guard import exempt
+from .attack import NOBODY, Agent, option_sets, resolve_user
 from .term import Out
 
 __all__ = ["run_demo"]
@@ -123,9 +123,7 @@ def _try_every_option(agents: list[Agent], proto: str, port: int) -> tuple[Agent
     return None, (), refusals
 
 
-async def _attack(
-    agents: list[Agent], proto: str, port: int, seen: list[int]
-) -> Outcome:
+async def _attack(agents: list[Agent], proto: str, port: int, seen: list[int]) -> Outcome:
     agent, options, refusals = _try_every_option(agents, proto, port)
     if proto == "tcp":
         await _send_tcp(port, COUNT)
@@ -163,7 +161,9 @@ async def _tcp_service(agents: list[Agent], exclusive: bool) -> Outcome:
             server.close()
             await server.wait_closed()
             raise AssertionError("the exclusive loop accepted reuse_port=True")
-    server = await loop.create_server(lambda: _Victim(seen), HOST, 0, reuse_port=(can_reuse_port and not exclusive) or None)
+    server = await loop.create_server(
+        lambda: _Victim(seen), HOST, 0, reuse_port=(can_reuse_port and not exclusive) or None
+    )
     try:
         port = server.sockets[0].getsockname()[1]
         outcome = await _attack(agents, "tcp", port, seen)
@@ -302,14 +302,14 @@ def run_demo(out: Out) -> int:
             (
                 "1. TCP server started with reuse_port=True (as pre-fork servers such as hypercorn's workers do)",
                 "tcp",
-                lambda exclusive: (lambda: _tcp_service(agents[:1] if not exclusive else agents, exclusive)),
+                lambda exclusive: lambda: _tcp_service(agents[:1] if not exclusive else agents, exclusive),
             ),
             (
                 "2. UDP service on uvloop, its socket passed as sock= (libuv turns SO_REUSEADDR on after bind)"
                 if on_uvloop
                 else "2. UDP service whose socket has SO_REUSEADDR (Python <= 3.10's reuse_address=True, hand-written servers)",
                 "udp",
-                lambda exclusive: (lambda: _udp_service([other] if not exclusive else agents, exclusive, on_uvloop)),
+                lambda exclusive: lambda: _udp_service([other] if not exclusive else agents, exclusive, on_uvloop),
             ),
         ]
         plain_label = f"plain {base} loop"

@@ -51,12 +51,12 @@ import json
 import os
 import socket
 import sys
-from dataclasses import asdict, dataclass
 from collections.abc import Callable
+from dataclasses import asdict, dataclass
 from typing import Any
 
-from .attack import NOBODY, Agent, attempt, option_sets, resolve_user
 from .._holder import find_holders
+from .attack import NOBODY, Agent, attempt, option_sets, resolve_user
 from .term import Out
 
 __all__ = ["ProbeError", "run_probe"]
@@ -473,8 +473,11 @@ def _show(out: Out, report: dict[str, Any]) -> None:
     proto = report["protocol"]
     held = f" (held by {', '.join(report['holders'])})" if report["holders"] else ""
     out.line(f"Probing {proto} {report['host']} port {report['port']}{held}", "head")
-    out.line(f"as: {', '.join(report['users'])}; every socket closed at once" + (
-        "; TCP attempts with SO_REUSEPORT bind but never listen" if proto == "TCP" else ""), "note")
+    out.line(
+        f"as: {', '.join(report['users'])}; every socket closed at once"
+        + ("; TCP attempts with SO_REUSEPORT bind but never listen" if proto == "TCP" else ""),
+        "note",
+    )
     for note in report["not_held"]:
         out.line(f"skipped: {note}", "note")
     out.line()

@@ -69,6 +69,7 @@ class Out:
     def table(self, headers: Sequence[str], rows: Sequence[Sequence[str]], *, marked: Sequence[bool] = ()) -> None:
         """Aligned columns; rows with a true *marked* entry are highlighted (and starred in plain text)."""
         widths = [max(len(str(cell)) for cell in column) for column in zip(headers, *rows)]
+
         # The last column (a reason) is left unpadded so lines do not trail spaces.
         def fmt(cells: Sequence[str], star: str) -> str:
             padded = [str(c).ljust(w) for c, w in zip(cells[:-1], widths[:-1])] + [str(cells[-1])]

@@ -22,8 +22,8 @@ from typing import Any
 
 from aiohttp import web
 
-from .._loops import ExclusiveLoopMixin
 from .._entry import new_event_loop
+from .._loops import ExclusiveLoopMixin
 from .._unix import bind_unix_path, remove_own_path
 
 __all__ = ["run_app"]

@@ -196,7 +196,9 @@ def server(
     kwargs: dict[str, Any] = {}
     if xds:
         kwargs["xds"] = xds  # older grpcio has no xds argument; pass it only when asked
-    srv = create(thread_pool, handlers, interceptors, _exclusive_options(options), maximum_concurrent_rpcs, compression, **kwargs)
+    srv = create(
+        thread_pool, handlers, interceptors, _exclusive_options(options), maximum_concurrent_rpcs, compression, **kwargs
+    )
     return _wrap_ports(srv, None, translate=True)
 
 
@@ -216,7 +218,9 @@ def aio_server(
     from grpc import aio
 
     create = patched_original(aio.server)
-    srv = create(migration_thread_pool, handlers, interceptors, _exclusive_options(options), maximum_concurrent_rpcs, compression)
+    srv = create(
+        migration_thread_pool, handlers, interceptors, _exclusive_options(options), maximum_concurrent_rpcs, compression
+    )
     return _wrap_ports(srv, None, translate=True)
 
 

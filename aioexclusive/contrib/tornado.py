@@ -91,7 +91,9 @@ def bind_sockets(
             try:
                 # Bound and listening at once (the plan's SO_REUSEADDR alone
                 # lets two sockets be bound on Linux until one listens).
-                new = open_bound_sockets([(af, socktype, proto, canonname, sockaddr)], plan, backlog=backlog, strict=strict)
+                new = open_bound_sockets(
+                    [(af, socktype, proto, canonname, sockaddr)], plan, backlog=backlog, strict=strict
+                )
             except OSError as exc:
                 if exc.errno == errno.EAFNOSUPPORT:
                     continue  # tornado skips a family the host cannot make

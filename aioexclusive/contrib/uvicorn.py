@@ -35,10 +35,10 @@ from typing import Any, cast
 import uvicorn
 
 from .._binding import audit_socket, bind_socket
+from .._entry import new_event_loop
 from .._errors import ExclusivityError
 from .._loops import ExclusiveLoopMixin, exclusive_loop_class
 from .._plan import Role, make_plan
-from .._entry import new_event_loop
 from .._unix import bind_unix_path, remove_own_path
 from . import _v6_default_is_dualstack
 

@@ -37,6 +37,7 @@ try:
 except Exception as exc:  # noqa: BLE001
     out["other_failure"] = [type(exc).__name__, isinstance(exc, OSError)]
 
+
 def sync_share() -> object:
     return server(None, options=[("grpc.so_reuseport", 1)])
 

@@ -14,6 +14,7 @@ from typing import Any
 
 import pytest
 from attacker import Attacker, send_traffic
+
 # Re-exported: the integration tests take these from here.
 from harness import HAVE_IPV6 as HAVE_IPV6
 from harness import HAVE_UVLOOP as HAVE_UVLOOP
@@ -82,7 +83,9 @@ class ServerProcess:
                 if len(found) >= count:
                     return found[count - 1]
                 if self.proc.poll() is not None and not self._reader.is_alive():
-                    raise AssertionError(f"{self.args} exited ({self.proc.returncode}) before {pattern!r}:\n{self.output_unlocked()}")
+                    raise AssertionError(
+                        f"{self.args} exited ({self.proc.returncode}) before {pattern!r}:\n{self.output_unlocked()}"
+                    )
                 if not self._changed.wait(START_TIMEOUT):
                     raise AssertionError(f"{self.args} printed no {pattern!r}:\n{self.output_unlocked()}")
 

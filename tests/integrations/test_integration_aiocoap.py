@@ -15,7 +15,9 @@ import sys
 import pytest
 from attacker import Attacker
 
-pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="aiocoap's udp6 transport and the attacker: Linux")
+pytestmark = pytest.mark.skipif(
+    not sys.platform.startswith("linux"), reason="aiocoap's udp6 transport and the attacker: Linux"
+)
 pytest.importorskip("aiocoap")
 
 from ix_support import (  # noqa: E402
@@ -53,7 +55,9 @@ def free_udp_and_tcp_port() -> int:
 
 
 @pytest.mark.parametrize("mode", ["raise", "enforce"])
-def test_guard_serves_aiocoap_exclusively(guard_env: pytest.MonkeyPatch, same_user_attacker: Attacker, other_user_attacker: Attacker, mode: str) -> None:
+def test_guard_serves_aiocoap_exclusively(
+    guard_env: pytest.MonkeyPatch, same_user_attacker: Attacker, other_user_attacker: Attacker, mode: str
+) -> None:
     guard_env.setenv("AIOEXCLUSIVE_GUARD", mode)
     port = free_udp_and_tcp_port()
     with ServerProcess([PY, SERVER, str(port)], cwd=HERE) as server:

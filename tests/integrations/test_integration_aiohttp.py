@@ -14,9 +14,6 @@ pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="POSIX servers s
 pytest.importorskip("aiohttp.web")
 
 from aiohttp import web  # noqa: E402
-
-import aioexclusive  # noqa: E402
-from aioexclusive import AddressInUseError, ExclusivityError  # noqa: E402
 from ix_support import (  # noqa: E402
     EXAMPLES,
     PY,
@@ -27,6 +24,9 @@ from ix_support import (  # noqa: E402
     free_port,
     http_get_unix,
 )
+
+import aioexclusive  # noqa: E402
+from aioexclusive import AddressInUseError, ExclusivityError  # noqa: E402
 
 
 def test_app_runner_example(same_user_attacker: Attacker) -> None:
@@ -101,11 +101,11 @@ def test_contrib_run_app_serves_a_unix_path(sock_path: str) -> None:
     with socket.socket(socket.AF_UNIX) as dead:
         dead.bind(sock_path)  # a stale leftover, to be replaced
     code = (
-        "import sys; sys.path.insert(0, %r)\n"
+        f"import sys; sys.path.insert(0, {EXAMPLES!r})\n"
         "from aiohttp_app import make_app\n"
         "from aioexclusive.contrib.aiohttp import run_app\n"
-        "run_app(make_app(), path=%r, print=lambda m: print(m, flush=True))\n"
-    ) % (EXAMPLES, sock_path)
+        f"run_app(make_app(), path={sock_path!r}, print=lambda m: print(m, flush=True))\n"
+    )
     with ServerProcess([PY, "-c", code]) as server:
         server.wait_for("Running on")
         status, body = http_get_unix(sock_path)

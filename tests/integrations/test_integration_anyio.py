@@ -13,9 +13,6 @@ pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="POSIX servers s
 anyio = pytest.importorskip("anyio")
 
 import anyio.abc  # noqa: E402
-
-import aioexclusive  # noqa: E402
-from aioexclusive import ExclusivityError  # noqa: E402
 from ix_support import (  # noqa: E402
     PY,
     ServerProcess,
@@ -25,6 +22,9 @@ from ix_support import (  # noqa: E402
     attacker_steals,
     sharing_options,
 )
+
+import aioexclusive  # noqa: E402
+from aioexclusive import ExclusivityError  # noqa: E402
 
 OPTIONS = {"loop_factory": aioexclusive.new_event_loop}
 

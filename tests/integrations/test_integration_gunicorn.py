@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import os
 import signal
-import time
 import sys
+import time
 
 import pytest
 from attacker import Attacker
@@ -68,7 +68,9 @@ def end(server: ServerProcess) -> None:
 
 
 @pytest.mark.parametrize("mode", ["enforce", "raise"])
-def test_guard_serves_reuse_port_workers_from_one_exclusive_socket(guard_env: pytest.MonkeyPatch, same_user_attacker: Attacker, mode: str) -> None:
+def test_guard_serves_reuse_port_workers_from_one_exclusive_socket(
+    guard_env: pytest.MonkeyPatch, same_user_attacker: Attacker, mode: str
+) -> None:
     guard_env.setenv("AIOEXCLUSIVE_GUARD", mode)
     port = free_port()
     server = gunicorn(port)

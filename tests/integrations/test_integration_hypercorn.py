@@ -14,16 +14,13 @@ pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="POSIX servers s
 pytest.importorskip("hypercorn.config")
 
 import hypercorn.config as hypercorn_config  # noqa: E402
-
-from aioexclusive import AddressInUseError, ExclusivityError  # noqa: E402
 from ix_support import (  # noqa: E402
-    LOOPBACK_HOSTS,
     HAVE_IPV6,
     HAVE_UVLOOP,
-    LiveUnixServer,
-    ServerProcess as _ServerProcess,
     HERE,
+    LOOPBACK_HOSTS,
     PY,
+    LiveUnixServer,
     ServerProcess,
     assert_attacker_cannot_bind_udp,
     assert_attacker_cannot_listen,
@@ -33,6 +30,7 @@ from ix_support import (  # noqa: E402
     sharing_options,
 )
 
+from aioexclusive import AddressInUseError, ExclusivityError  # noqa: E402
 from aioexclusive.contrib.hypercorn import ExclusiveConfig  # noqa: E402
 
 RUNNING = r"Running on http://\[?([0-9a-f.:]+?)\]?:(\d+) "
@@ -291,18 +289,35 @@ def tls_files(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, str]:
     where = tmp_path_factory.mktemp("tls")
     cert, key = str(where / "cert.pem"), str(where / "key.pem")
     subprocess.run(
-        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", key, "-out", cert,
-         "-days", "1", "-subj", "/CN=localhost"],
-        check=True, capture_output=True,
+        [
+            "openssl",
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            key,
+            "-out",
+            cert,
+            "-days",
+            "1",
+            "-subj",
+            "/CN=localhost",
+        ],
+        check=True,
+        capture_output=True,
     )
     return cert, key
 
 
 @pytest.mark.skipif(not HAVE_UVLOOP, reason="uvloop is not installed")
-def test_quic_refused_when_the_app_installs_uvloop(tls_files: tuple[str, str], tmp_path: Path, other_user_attacker: Attacker) -> None:
+def test_quic_refused_when_the_app_installs_uvloop(
+    tls_files: tuple[str, str], tmp_path: Path, other_user_attacker: Attacker
+) -> None:
     (tmp_path / "quic_app.py").write_text(QUIC_APP)
     (tmp_path / "runner.py").write_text(QUIC_RUNNER)
-    with _ServerProcess([PY, str(tmp_path / "runner.py"), str(tmp_path), *tls_files]) as server:
+    with ServerProcess([PY, str(tmp_path / "runner.py"), str(tmp_path), *tls_files]) as server:
         match = None
         try:
             match = server.wait_for(r"Running on https://127\.0\.0\.1:(\d+) \(QUIC\)")

@@ -11,8 +11,9 @@ import pytest
 
 pytest.importorskip("pytest_asyncio")
 
-import aioexclusive  # noqa: E402
 from ix_support import HAVE_UVLOOP, PY, child_env  # noqa: E402
+
+import aioexclusive  # noqa: E402
 
 INI = """\
 [pytest]
@@ -21,7 +22,7 @@ asyncio_default_fixture_loop_scope = function
 {extra}
 """
 
-TESTS = '''\
+TESTS = """\
 import asyncio
 import os
 
@@ -57,7 +58,7 @@ async def test_loop(fixture_loop):
         refused = False
     assert refused is EXPECT
     print("LOOP-CLASS", [c.__module__ + "." + c.__name__ for c in type(loop).__mro__])
-'''
+"""
 
 OWN_HOOK = """\
 import asyncio
@@ -97,7 +98,8 @@ def passed(result: subprocess.CompletedProcess[str]) -> bool:
 
 
 @pytest.mark.skipif(
-    sys.platform == "win32", reason="the plain-loop side asks for reuse_port=True, which Windows' asyncio rejects itself"
+    sys.platform == "win32",
+    reason="the plain-loop side asks for reuse_port=True, which Windows' asyncio rejects itself",
 )
 def test_without_the_option_nothing_changes(tmp_path: Path) -> None:
     result = run_project(tmp_path, expect=False)
@@ -116,14 +118,13 @@ def test_command_line_flag(tmp_path: Path) -> None:
 
 
 def test_marker_names_the_factory(tmp_path: Path) -> None:
-    result = run_project(
-        tmp_path, expect=True, ini="asyncio_exclusive = true", marker='(loop_factories=["exclusive"])'
-    )
+    result = run_project(tmp_path, expect=True, ini="asyncio_exclusive = true", marker='(loop_factories=["exclusive"])')
     assert passed(result), result.stdout + result.stderr
 
 
 @pytest.mark.skipif(
-    sys.platform == "win32", reason="the plain-loop side asks for reuse_port=True, which Windows' asyncio rejects itself"
+    sys.platform == "win32",
+    reason="the plain-loop side asks for reuse_port=True, which Windows' asyncio rejects itself",
 )
 def test_users_own_hook_wins(tmp_path: Path) -> None:
     result = run_project(tmp_path, expect=False, ini="asyncio_exclusive = true", conftest=OWN_HOOK)

@@ -24,9 +24,6 @@ pytest.importorskip("tornado")
 
 import tornado.netutil  # noqa: E402
 import tornado.web  # noqa: E402
-from tornado.httpserver import HTTPServer  # noqa: E402
-
-from aioexclusive import AddressInUseError, ExclusivityError  # noqa: E402
 from ix_support import (  # noqa: E402
     HERE,
     LOOPBACK_HOSTS,
@@ -38,6 +35,9 @@ from ix_support import (  # noqa: E402
     http_get,
     sharing_options,
 )
+from tornado.httpserver import HTTPServer  # noqa: E402
+
+from aioexclusive import AddressInUseError, ExclusivityError  # noqa: E402
 
 SERVER = os.path.join(HERE, "ix_tornado_server.py")
 
@@ -152,7 +152,9 @@ def test_control_tornado_reuse_port_is_joined(same_user_attacker: Attacker) -> N
     ("pattern", "mode"),
     [("contrib-bind-then-fork", None), ("bind-then-fork", "enforce"), ("bind-then-fork", "raise")],
 )
-def test_bind_then_fork_every_worker_answers(guard_env: pytest.MonkeyPatch, same_user_attacker: Attacker, pattern: str, mode: str | None) -> None:
+def test_bind_then_fork_every_worker_answers(
+    guard_env: pytest.MonkeyPatch, same_user_attacker: Attacker, pattern: str, mode: str | None
+) -> None:
     if mode:
         guard_env.setenv("AIOEXCLUSIVE_GUARD", mode)
     with prefork(pattern, "0", "2") as server:
@@ -172,7 +174,9 @@ def test_guard_refuses_fork_then_reuse_port_loudly(guard_env: pytest.MonkeyPatch
     assert "ExclusivityError" in server.output and "Bind before forking" in server.output, server.output
 
 
-def test_guard_allows_fork_then_reuse_port_when_allowed(guard_env: pytest.MonkeyPatch, same_user_attacker: Attacker) -> None:
+def test_guard_allows_fork_then_reuse_port_when_allowed(
+    guard_env: pytest.MonkeyPatch, same_user_attacker: Attacker
+) -> None:
     guard_env.setenv("AIOEXCLUSIVE_GUARD", "enforce")
     port = free_port()
     guard_env.setenv("AIOEXCLUSIVE_GUARD_ALLOW", f"127.0.0.1:{port}")
@@ -180,7 +184,9 @@ def test_guard_allows_fork_then_reuse_port_when_allowed(guard_env: pytest.Monkey
         answered_by_every_worker(server, port, 2)
 
 
-def test_control_fork_then_reuse_port_unguarded_is_joined(guard_env: pytest.MonkeyPatch, same_user_attacker: Attacker) -> None:
+def test_control_fork_then_reuse_port_unguarded_is_joined(
+    guard_env: pytest.MonkeyPatch, same_user_attacker: Attacker
+) -> None:
     port = free_port()
     with prefork("fork-then-reuse-port", str(port), "2") as server:
         answered_by_every_worker(server, port, 2)

@@ -13,12 +13,10 @@ from attacker import Attacker
 pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="POSIX servers signalled with SIGINT; forked attacker")
 uvicorn = pytest.importorskip("uvicorn")
 
-import aioexclusive  # noqa: E402
-from aioexclusive import AddressInUseError, ExclusiveLoopMixin  # noqa: E402
 from ix_support import (  # noqa: E402
-    LOOPBACK_HOSTS,
     HAVE_IPV6,
     HAVE_UVLOOP,
+    LOOPBACK_HOSTS,
     PY,
     LiveUnixServer,
     ServerProcess,
@@ -29,6 +27,9 @@ from ix_support import (  # noqa: E402
     http_get_unix,
     sharing_options,
 )
+
+import aioexclusive  # noqa: E402
+from aioexclusive import AddressInUseError, ExclusiveLoopMixin  # noqa: E402
 
 RUNNING = r"Uvicorn running on http://\[?([0-9a-f.:]+?)\]?:(\d+) "
 

@@ -16,7 +16,9 @@ import sys
 import pytest
 from attacker import Attacker
 
-pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="libuv's UDP option and the attacker: Linux")
+pytestmark = pytest.mark.skipif(
+    not sys.platform.startswith("linux"), reason="libuv's UDP option and the attacker: Linux"
+)
 pytest.importorskip("uvloop")
 
 from ix_support import HERE, PY, ServerProcess, assert_attacker_cannot_bind_udp  # noqa: E402
@@ -33,7 +35,9 @@ def ask(port: int) -> bytes:
         return sock.recvfrom(100)[0]
 
 
-def test_control_plain_uvloop_sock_path_is_joined_by_another_user(guard_env: pytest.MonkeyPatch, other_user_attacker: Attacker) -> None:
+def test_control_plain_uvloop_sock_path_is_joined_by_another_user(
+    guard_env: pytest.MonkeyPatch, other_user_attacker: Attacker
+) -> None:
     with ServerProcess([PY, SERVER, "run", "sock"], cwd=HERE) as server:
         port = int(server.wait_for(READY).group(1))
         result = other_user_attacker.try_bind("udp", 4, "127.0.0.1", port, ("SO_REUSEADDR",))
@@ -57,7 +61,9 @@ def test_guard_gives_uvloop_programs_the_exclusive_loop(
         assert ask(port) == b"pid %d" % server.proc.pid
 
 
-def test_guard_never_leaves_a_bound_sock_shareable(guard_env: pytest.MonkeyPatch, other_user_attacker: Attacker) -> None:
+def test_guard_never_leaves_a_bound_sock_shareable(
+    guard_env: pytest.MonkeyPatch, other_user_attacker: Attacker
+) -> None:
     # A UDP socket the program bound itself, handed over with sock=: the exclusive loop either serves it
     # exclusively or refuses it loudly (ExclusivityError, naming local_addr= as the way out), depending on
     # whether it can clear libuv's option before anyone could join; never a silently shared port.
