@@ -52,6 +52,7 @@ from ._plan import BindPlan, Role, make_plan
 
 __all__ = [
     "DatagramBase",
+    "Request",
     "adopt",
     "adopt_given_socket",
     "check_address",
@@ -105,6 +106,26 @@ class DatagramBase:
     def check_open(self) -> None:
         """The base loop's error for a closed loop, before anything is made."""
         check_open(self.loop)
+
+
+@dataclass(slots=True)
+class Request:
+    """What one endpoint call asks for beyond its addresses (one per call, like `DatagramBase`).
+
+    Attributes:
+        protocol_factory: the caller's protocol factory.
+        plan: the bind plan for the endpoint's role.
+        allow_broadcast: ``SO_BROADCAST`` before bind and connect.
+        prepare: sets options on the socket before anything can be sent
+            through it (a multicast sender's TTL, interface and loopback): on
+            a socket of ours before bind, on one libuv made before the
+            protocol hears of it.
+    """
+
+    protocol_factory: ProtocolFactory
+    plan: BindPlan
+    allow_broadcast: bool
+    prepare: Prepare | None = None
 
 
 # -- addresses ---------------------------------------------------------------------
@@ -180,39 +201,21 @@ def enable_broadcast(sock: socket.socket, allow_broadcast: object) -> None:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_BROADCAST, 1)
 
 
-async def open_endpoint(
-    base: DatagramBase,
-    protocol_factory: ProtocolFactory,
-    plan: BindPlan,
-    candidates: list[Candidate],
-    allow_broadcast: bool,
-    prepare: Prepare | None = None,
-) -> Endpoint:
-    """The first candidate that opens, as asyncio tries them; else the first error.
-
-    *prepare* sets options on the socket before anything can be sent through
-    it (the multicast sender's TTL, interface and loopback): on a socket of
-    ours before bind, on one libuv made before the protocol hears of it.
-    """
+async def open_endpoint(base: DatagramBase, request: Request, candidates: list[Candidate]) -> Endpoint:
+    """The first candidate that opens, as asyncio tries them; else the first error."""
     errors: list[OSError] = []
     for candidate in candidates:
         try:
-            return await _open_one(base, protocol_factory, plan, candidate, allow_broadcast, prepare)
+            return await _open_one(base, request, candidate)
         except OSError as exc:
             errors.append(exc)
     raise errors[0]
 
 
-async def _open_one(
-    base: DatagramBase,
-    protocol_factory: ProtocolFactory,
-    plan: BindPlan,
-    candidate: Candidate,
-    allow_broadcast: bool,
-    prepare: Prepare | None,
-) -> Endpoint:
+async def _open_one(base: DatagramBase, request: Request, candidate: Candidate) -> Endpoint:
     """One UDP socket made by the plan, bound, connected, and adopted by the base loop."""
     local, remote = candidate.local, candidate.remote
+    plan, prepare = request.plan, request.prepare
     if (
         base.sets_reuse
         and remote is not None
@@ -224,7 +227,7 @@ async def _open_one(
         # Options to prepare go on before connect where that matters for
         # routing (a multicast sender's interface): on a port the kernel picks,
         # which nobody can aim at, the socket is ours, connected, then adopted.
-        return await _connected_by_libuv(base, protocol_factory, plan, candidate, allow_broadcast, prepare)
+        return await _connected_by_libuv(base, request, candidate)
     sock = new_socket(candidate.family, socket.SOCK_DGRAM, candidate.proto, plan, strict=base.strict, address=local)
     # libuv adopts an unconnected socket unbound, and it is bound inside the
     # factory (see the module docstring). A connected one is bound first:
@@ -233,27 +236,20 @@ async def _open_one(
     try:
         if prepare is not None:
             prepare(sock)
-        enable_broadcast(sock, allow_broadcast)
+        enable_broadcast(sock, request.allow_broadcast)
         if local is not None and bind_later is None:
             bind_now(sock, local, plan.role)
         # asyncio leaves a broadcast endpoint unconnected (replies to a
         # broadcast come from any host); uvloop connects it. Follow the base.
-        if remote is not None and not (allow_broadcast and base.stdlib):
+        if remote is not None and not (request.allow_broadcast and base.stdlib):
             await base.loop.sock_connect(sock, remote)
     except BaseException:
         sock.close()
         raise
-    return await adopt(base, protocol_factory, sock, plan, remote=remote, bind_later=bind_later)
+    return await adopt(base, request.protocol_factory, sock, plan, remote=remote, bind_later=bind_later)
 
 
-async def _connected_by_libuv(
-    base: DatagramBase,
-    protocol_factory: ProtocolFactory,
-    plan: BindPlan,
-    candidate: Candidate,
-    allow_broadcast: bool,
-    prepare: Prepare | None,
-) -> Endpoint:
+async def _connected_by_libuv(base: DatagramBase, request: Request, candidate: Candidate) -> Endpoint:
     """A connected UDP endpoint on uvloop, made by uvloop itself.
 
     libuv records "connected" when it adopts a socket, so a connected endpoint
@@ -267,6 +263,7 @@ async def _connected_by_libuv(
     protocol's connection_made, so nothing is sent before it (`_Preparing`).
     """
     family, proto, local, remote = candidate
+    plan = request.plan
     if local is not None and local[1]:
         # uvloop leaves its half-made transport open when its bind fails;
         # find a conflict first, with a socket of ours, so that failure is
@@ -276,14 +273,14 @@ async def _connected_by_libuv(
             bind_now(probe, local, plan.role)
         finally:
             probe.close()
-    factory = _LibuvFactory(protocol_factory, prepare=prepare)
+    factory = _LibuvFactory(request.protocol_factory, prepare=request.prepare)
     making = base.create(
         factory,
         local_addr=None if local is None else _host_port_pair(local),
         remote_addr=_host_port_pair(remote),
         family=family,
         proto=proto,
-        allow_broadcast=allow_broadcast or None,
+        allow_broadcast=request.allow_broadcast or None,
         **({"reuse_port": True} if plan.set else {}),
     )
     try:

@@ -31,7 +31,7 @@ from ._binding import (
     open_bound_sockets,
     resolve,
 )
-from ._datagram import DatagramBase, adopt_given_socket, open_endpoint, resolve_endpoint
+from ._datagram import DatagramBase, Request, adopt_given_socket, open_endpoint, resolve_endpoint
 from ._plan import BindPlan, Role, make_plan
 from ._server import MultiServer
 
@@ -437,7 +437,8 @@ class ExclusiveLoopMixin(_LoopBase):
         base.check_open()
         if stdlib and reuse_address is not _UNSET and not reuse_address:
             warnings.warn(_REUSE_ADDRESS_DEPRECATED["asyncio"], DeprecationWarning, stacklevel=2)
-        return cast(_Made, await open_endpoint(base, protocol_factory, plan, candidates, bool(allow_broadcast)))
+        request = Request(protocol_factory, plan, bool(allow_broadcast))
+        return cast(_Made, await open_endpoint(base, request, candidates))
 
     def _exclusive_datagram_base(self) -> DatagramBase:
         """What the datagram path needs of this loop, passed down explicitly (``_datagram``)."""

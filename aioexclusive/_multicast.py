@@ -22,7 +22,7 @@ from collections.abc import Callable
 from typing import Any
 
 from ._binding import open_bound_sockets
-from ._datagram import Candidate, DatagramBase, adopt, enable_broadcast, open_endpoint, resolve_address
+from ._datagram import Candidate, DatagramBase, Request, adopt, enable_broadcast, open_endpoint, resolve_address
 from ._multicast_plan import (
     FACTS,
     LEVELS,
@@ -344,6 +344,10 @@ class MulticastTransport(asyncio.DatagramTransport):
 
 
 def _one_bound_socket(info: Any, plan: BindPlan, strict: bool) -> socket.socket:
+    # The receiver's socket is made as the base loops make a listener's, not as
+    # `_datagram` makes a unicast one: IPV6_V6ONLY on (an IPv6 group's receiver
+    # bound to the wildcard must not take IPv4 traffic too) and a family the
+    # host cannot make skipped, so the next resolved family is tried.
     sockets = open_bound_sockets([info], plan, backlog=None, strict=strict)
     if not sockets:
         # open_bound_sockets skips a family the host cannot make, as asyncio does.
@@ -507,11 +511,5 @@ async def _sender(
     # sent. Unbound, the OS picks the port at connect or first send, and the
     # plan still applies (Windows: SO_EXCLUSIVEADDRUSE before that implicit bind).
     candidate = Candidate(fam, proto, None if bound is None else bound[4], target)
-    return await open_endpoint(
-        base,
-        protocol_factory,
-        plan,
-        [candidate],
-        bool(allow_broadcast),
-        prepare=functools.partial(_apply_all, opts=setup, what=what),
-    )
+    prepare = functools.partial(_apply_all, opts=setup, what=what)
+    return await open_endpoint(base, Request(protocol_factory, plan, bool(allow_broadcast), prepare), [candidate])
