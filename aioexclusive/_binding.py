@@ -32,6 +32,8 @@ __all__ = [
     "kernel_view",
     "bind_now",
     "bind_socket",
+    "bound_device",
+    "device_bound_refusal",
     "check_port",
     "clear_forbidden_options",
     "configure_socket",
@@ -341,13 +343,21 @@ def kernel_view(sock: Any) -> Iterator[Any]:
 
 
 def audit_socket(sock: Any, plan: BindPlan) -> None:
-    """Refuse a caller's socket that is shareable under *plan* (as the kernel reports it)."""
+    """Refuse a caller's socket that is shareable under *plan* (as the kernel reports it).
+
+    A TCP listener bound to one interface is refused too on Linux
+    (`device_bound_refusal`): its options may be clean, but the port is not.
+    """
     with kernel_view(sock) as view:
         try:
             address = view.getsockname()
         except OSError:
             address = None
         audit_socket_options(plan, read_sharing_options(view), address=address)
+        if plan.role is Role.TCP_LISTENER:
+            device = bound_device(view)
+            if device:
+                raise device_bound_refusal(f"the socket given as sock= ({address})", device)
 
 
 _SO_DOMAIN = getattr(socket, "SO_DOMAIN", None)
@@ -481,8 +491,56 @@ def configure_socket(
     return sock
 
 
+# Linux only: the bind fast path that takes a device-bound listener is the Linux kernel's.
+_REFUSES_DEVICE_BOUND = sys.platform.startswith("linux")
+_SO_BINDTODEVICE = getattr(socket, "SO_BINDTODEVICE", 25)
+_IFNAMSIZ = 16
+
+
+def device_bound_refusal(where: object, device: str) -> ExclusivityError:
+    """The refusal of a TCP listener bound to one network interface (Linux), in words that say what to do."""
+    return ExclusivityError(
+        f"a TCP listener bound to one network interface ({where} on {device}) can be taken over by any "
+        "user on Linux: a SO_REUSEPORT socket bound to another interface primes the port's bind fast path, "
+        "then a listener on this interface co-binds the port and wins its connections (docs/limits.md, "
+        "'Listeners bound to one interface'). Listen on a global address or on '::'/'0.0.0.0' (the "
+        "exclusive loop holds the other family's wildcard) and filter the interface with a firewall"
+    )
+
+
+def _link_local_scope(sockaddr: Any) -> int:
+    """The scope id that binds *sockaddr* to one interface (an IPv6 link-local address), else 0."""
+    if not (isinstance(sockaddr, tuple) and len(sockaddr) >= 4 and sockaddr[3]):
+        return 0
+    try:
+        # fe80::/10; the kernel ignores a scope id on any other unicast address.
+        high = int.from_bytes(socket.inet_pton(socket.AF_INET6, sockaddr[0].partition("%")[0])[:2], "big")
+    except (OSError, TypeError, ValueError, AttributeError):
+        return 0
+    return int(sockaddr[3]) if high & 0xFFC0 == 0xFE80 else 0
+
+
+def bound_device(view: Any) -> str:
+    """The interface *view*'s socket is bound to (``SO_BINDTODEVICE``, or a link-local scope), or ``""``."""
+    if not _REFUSES_DEVICE_BOUND:
+        return ""
+    try:
+        name = view.getsockopt(socket.SOL_SOCKET, _SO_BINDTODEVICE, _IFNAMSIZ)
+    except (OSError, TypeError):
+        return ""
+    return bytes(name).split(b"\0", 1)[0].decode("ascii", "replace")
+
+
 def bind_now(sock: socket.socket, sockaddr: Any, role: Role, *, backlog: int | None = None) -> None:
-    """Bind (and listen, given a *backlog*), with errors as `translate_bind_error` words them."""
+    """Bind (and listen, given a *backlog*), with errors as `translate_bind_error` words them.
+
+    A TCP listener on an IPv6 link-local address is refused on Linux before the
+    bind: its scope id binds it to one interface, where no hold can protect it
+    (`device_bound_refusal`).
+    """
+    if role is Role.TCP_LISTENER and _REFUSES_DEVICE_BOUND and _link_local_scope(sockaddr):
+        name = socket.if_indextoname(_link_local_scope(sockaddr)) if hasattr(socket, "if_indextoname") else ""
+        raise device_bound_refusal(f"[{sockaddr[0]}]:{sockaddr[1]}", name or f"interface {sockaddr[3]}")
     try:
         sock.bind(sockaddr)
         if backlog is not None:
