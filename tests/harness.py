@@ -48,6 +48,25 @@ def ipv6_available() -> bool:
 HAVE_IPV6 = ipv6_available()
 needs_ipv6 = pytest.mark.skipif(not HAVE_IPV6, reason="IPv6 loopback (::1) is not available here")
 
+
+def port_free_on_both_families() -> int:
+    """A TCP port with no socket of either family on it, TIME_WAIT included, as the kernel picks it.
+
+    For a one-family listener the kernel may pick a port number that carries
+    TIME_WAIT connections earlier tests left on the *other* family's side (they
+    last 60 s). A bind of that family's wildcard without ``SO_REUSEADDR`` fails
+    on them: an attacker's prime (a control it must win would lose) and a plain
+    hold alike. A dual-stack ``[::]`` bind without options conflicts with every
+    socket of both families, so the port the kernel picks for it has none.
+    """
+    import socket
+
+    with socket.socket(socket.AF_INET6, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+        probe.bind(("::", 0))
+        return int(probe.getsockname()[1])
+
+
 T = TypeVar("T")
 
 

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 from attacker import Attacker, BindResult, send_traffic, sockets_on_port
-from harness import HAVE_UVLOOP, needs_ipv6, run, run_plain
+from harness import HAVE_UVLOOP, needs_ipv6, port_free_on_both_families, run, run_plain
 from services import LOOPBACK, WILDCARD, Service, open_service
 
 import aioexclusive
@@ -101,7 +101,10 @@ def test_two_step_fails_when_the_same_call_listens_on_a_specific_other_family_ad
 @needs_ipv6
 def test_control_two_step_takes_over_a_plain_ipv6_wildcard_listener(other_user_attacker: Attacker, base: str) -> None:
     """The attack itself, against the plain loop: it must win, or the tests above prove nothing."""
-    result, prime, stolen, received = _two_step(other_user_attacker, 6, lambda: open_service("tcp", "::"), True, base)
+    # On a port with nothing on 0.0.0.0 either: a TIME_WAIT there could fail even a SO_REUSEADDR prime.
+    result, prime, stolen, received = _two_step(
+        other_user_attacker, 6, lambda: open_service("tcp", "::", port_free_on_both_families()), True, base
+    )
     assert prime == "bound"
     assert result.ok, f"control: the two-step attacker should co-bind a plain [::] listener, got {result}"
     assert stolen > 0, "control: co-bound but stole nothing"
@@ -111,7 +114,7 @@ def test_control_two_step_takes_over_a_plain_ipv6_wildcard_listener(other_user_a
 @needs_ipv6
 def test_control_two_step_co_binds_a_plain_ipv4_wildcard_listener(other_user_attacker: Attacker, base: str) -> None:
     result, prime, _stolen, _received = _two_step(
-        other_user_attacker, 4, lambda: open_service("tcp", "0.0.0.0"), True, base
+        other_user_attacker, 4, lambda: open_service("tcp", "0.0.0.0", port_free_on_both_families()), True, base
     )
     assert prime == "bound"
     assert result.ok, f"control: the mirror attacker should co-bind a plain 0.0.0.0 listener, got {result}"
@@ -212,10 +215,8 @@ def test_closing_one_of_two_servers_never_frees_its_side(
 @needs_ipv6
 def test_other_family_already_taken_by_someone_else_is_refused_loudly(same_user_attacker: Attacker, base: str) -> None:
     """A fixed port whose other family's wildcard another socket holds cannot be protected: AddressInUseError."""
-    probe = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    probe.bind(("127.0.0.1", 0))
-    port = probe.getsockname()[1]
-    probe.close()
+    # Nothing on [::] either, TIME_WAIT included, or the attacker's bind there could fail.
+    port = port_free_on_both_families()
     taken = same_user_attacker.try_bind("tcp", 6, "::", port, ("SO_REUSEPORT",))
     assert taken.ok
 

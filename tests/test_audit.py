@@ -31,7 +31,7 @@ ROOT = os.path.dirname(HERE)
 sys.path.insert(0, HERE)
 
 from attacker import NOBODY, FastPathAttacker, drop_to, on_cpu_0, receive_one  # noqa: E402
-from harness import HAVE_IPV6, IS_ROOT  # noqa: E402
+from harness import HAVE_IPV6, IS_ROOT, port_free_on_both_families  # noqa: E402
 
 ON_LINUX = sys.platform.startswith("linux")
 pytestmark = pytest.mark.skipif(not ON_LINUX, reason="the audit reads /proc (Linux only)")
@@ -363,6 +363,10 @@ class Victim:
         line = self.proc.stdout.readline()
         if not line:
             self.proc.wait()
+            # Its pipes closed here, or a later test fails on their ResourceWarning.
+            for pipe in (self.proc.stdin, self.proc.stdout):
+                if pipe is not None:
+                    pipe.close()
             raise RuntimeError(f"victim {args} failed to start")
         self.info: dict[str, Any] = json.loads(line)
         self.pid: int = self.info["pid"]
@@ -682,6 +686,9 @@ def test_wildcard_listener_against_the_fast_path_attack(victims: list[Victim], f
         "proto": "tcp",
         "family": family,
         "host": "::" if family == 6 else "0.0.0.0",
+        # Not a kernel pick for this family alone: TIME_WAIT on the other family's side would
+        # fail the victim's hold, and the control's prime (no SO_REUSEADDR).
+        "port": port_free_on_both_families(),
         "options": ["SO_REUSEADDR"],
         "v6only": 1 if family == 6 else None,
         "hold_other": hold_other,
@@ -703,7 +710,8 @@ def test_attackers_held_prime_is_not_a_hold() -> None:
     # attacker's: the verdict must stay shareable, and the attack is real.
     from aioexclusive._cli.audit import audit
 
-    service = socket.create_server(("0.0.0.0", 0))
+    # A port with nothing on [::] either: the prime (no SO_REUSEADDR) fails on a TIME_WAIT there.
+    service = socket.create_server(("0.0.0.0", port_free_on_both_families()))
     port = service.getsockname()[1]
     # Red team C: the [::] IPv6-only SO_REUSEPORT prime stays open while the audit runs;
     # then dual-stack [::] thieves (SO_BINDTODEVICE=lo, SO_INCOMING_CPU=0) bind next to it.
@@ -731,7 +739,9 @@ def _fork_with_a_lower_pid() -> int:
 
     Skips when the kernel gave another (a process forked in between took it).
     """
-    target = next((n for n in range(os.getpid() // 2, 300, -1) if not os.path.exists(f"/proc/{n}")), None)
+    # Down to pid 2, not 300: after a wrap-around this very process may have a pid near 300 (the kernel
+    # starts again there), and a cursor set below 300 hands out the low pids too.
+    target = next((n for n in range(os.getpid() - 1, 1, -1) if not os.path.exists(f"/proc/{n}")), None)
     if target is None:
         pytest.skip("no free pid below this process's")
     with open("/proc/sys/kernel/ns_last_pid", "w") as f:
@@ -754,7 +764,14 @@ def test_owner_is_the_oldest_holder_when_pids_wrap() -> None:
     service = socket.create_server(("127.0.0.1", 0))
     port = service.getsockname()[1]
     hold_r, hold_w = os.pipe()
-    pid = _fork_with_a_lower_pid()
+    try:
+        pid = _fork_with_a_lower_pid()
+    except BaseException:
+        # A skip too: left open, these would fail a later test with a ResourceWarning.
+        service.close()
+        os.close(hold_r)
+        os.close(hold_w)
+        raise
     if pid == 0:  # pragma: no cover - the child: holds its copy until the parent is done
         os.close(hold_w)
         os.read(hold_r, 1)

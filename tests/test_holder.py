@@ -128,8 +128,10 @@ def test_wildcard_and_family_matching() -> None:
 
 
 @needs_psutil
-def test_unix_path_holder_is_named(tmp_path: object) -> None:
-    path = f"/tmp/aioex-holder-{os.getpid()}.sock"
+def test_unix_path_holder_is_named(sock_path: str) -> None:
+    # A fresh directory (conftest's sock_path): a fixed name keyed by pid could meet a file an earlier
+    # run left behind when pids wrapped.
+    path = sock_path
     live = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
         live.bind(path)

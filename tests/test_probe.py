@@ -20,7 +20,7 @@ from typing import Any
 
 import pytest
 from attacker import NOBODY, FastPathAttacker, accept_waiting, become_stranger, on_cpu_0
-from harness import IS_ROOT, needs_ipv6
+from harness import IS_ROOT, needs_ipv6, port_free_on_both_families
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="Linux kernel rules and /proc")
 
@@ -42,7 +42,8 @@ def _v6only_wildcard_listener(*, hold_ipv4: bool) -> list[socket.socket]:
     service = socket.socket(socket.AF_INET6, socket.SOCK_STREAM)
     service.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     service.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
-    service.bind(("::", 0))
+    # Not a kernel pick for [::] alone: an IPv4 TIME_WAIT on it fails the hold and the attacker's prime.
+    service.bind(("::", port_free_on_both_families()))
     service.listen(64)
     sockets = [service]
     if hold_ipv4:
@@ -125,7 +126,8 @@ def test_v6only_wildcard_with_its_ipv4_side_held_is_exclusive() -> None:
 
 def _ipv4_wildcard_listener(*, hold_ipv6: bool) -> list[socket.socket]:
     """``socket.create_server(("0.0.0.0", 0))`` (uvicorn, gunicorn, socketserver); *hold_ipv6*: plus [::] held."""
-    service = socket.create_server(("0.0.0.0", 0))
+    # Not a kernel pick for 0.0.0.0 alone: an IPv6 TIME_WAIT on it fails the hold and the attacker's prime.
+    service = socket.create_server(("0.0.0.0", port_free_on_both_families()))
     sockets = [service]
     if hold_ipv6:
         hold = socket.socket(socket.AF_INET6, socket.SOCK_STREAM)  # no options, never listens
