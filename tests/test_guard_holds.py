@@ -134,7 +134,12 @@ def victims() -> Iterator[list[Victim]]:
     for victim in started:
         if victim.proc.poll() is None:
             victim.proc.kill()
-            victim.proc.communicate()
+        victim.proc.wait()
+        # Also when it exited by itself (a victim that failed to start): pipes left open fail a
+        # later test with a ResourceWarning (CI: one failure here, another in test_holder).
+        for pipe in (victim.proc.stdin, victim.proc.stdout, victim.proc.stderr):
+            if pipe is not None:
+                pipe.close()
 
 
 def _victim(victims: list[Victim], kind: str, mode: str | None, port: int = 0) -> Victim:
