@@ -57,7 +57,15 @@ from types import FrameType
 from typing import Any
 
 from ._errors import ExclusivityError
-from ._wildcard import HOLDS_WILDCARDS, HeldListener, _bind_hold, demote_spare, hold_uncovered, is_wildcard
+from ._wildcard import (
+    HOLDS_WILDCARDS,
+    HeldListener,
+    _bind_hold,
+    demote_spare,
+    hold_uncovered,
+    is_wildcard,
+    wildcard_families,
+)
 
 __all__ = ["before_bind", "install", "on_listen", "on_release", "watching"]
 
@@ -113,9 +121,15 @@ def _one_family_wildcard(sock: Any) -> tuple[int, int] | None:
     bound = _getsockname(sock)
     if not isinstance(bound, tuple) or len(bound) < 2 or not bound[1] or not is_wildcard(family, bound):
         return None
-    if family == _AF_INET6 and not _getsockopt(sock, socket.IPPROTO_IPV6, socket.IPV6_V6ONLY):
+    # ::ffff:0.0.0.0 (dual-stack, the only way it binds) is the IPv4 wildcard alone.
+    covers = wildcard_families(family, bound, _v6only(sock, family))
+    if len(covers) != 1:
         return None  # dual-stack [::]: both wildcards are this socket, nothing to hold
-    return family, int(bound[1])
+    return next(iter(covers)), int(bound[1])
+
+
+def _v6only(sock: Any, family: int) -> bool:
+    return family == _AF_INET6 and bool(_getsockopt(sock, socket.IPPROTO_IPV6, socket.IPV6_V6ONLY))
 
 
 def _own_socket_on(family: int, port: int) -> bool:
@@ -146,7 +160,7 @@ def _own_socket_on(family: int, port: int) -> bool:
                 continue
             if _SO_REUSEPORT is not None and _getsockopt(probe, socket.SOL_SOCKET, _SO_REUSEPORT):
                 continue  # shareable: not a hold, whoever owns it
-            if own == family or (own == _AF_INET6 and not _getsockopt(probe, socket.IPPROTO_IPV6, socket.IPV6_V6ONLY)):
+            if family in wildcard_families(own, bound, _v6only(probe, own)):
                 return True
         except OSError:
             continue
@@ -343,12 +357,15 @@ def before_bind(sock: Any, address: Any) -> None:
         return
     if not is_wildcard(family, address):
         return
+    # The family the bind takes: ::ffff:0.0.0.0 is the IPv4 wildcard (bound dual-stack).
+    covers = wildcard_families(family, address, _v6only(sock, family))
+    if len(covers) != 1:
+        return  # dual-stack [::]: conflicts with our listener anyway; releasing would gain nothing
+    family = next(iter(covers))
     with _lock:
         entry = _ports.get(port)
         if entry is None or family not in entry.holds:
             return
-        if family == _AF_INET6 and not _getsockopt(sock, socket.IPPROTO_IPV6, socket.IPV6_V6ONLY):
-            return  # dual-stack: conflicts with our listener anyway; releasing would gain nothing
         # Closed right before the bind's system call: see the module docstring
         # for why the few microseconds in between give an attacker nothing silent.
         entry.holds.pop(family).close()

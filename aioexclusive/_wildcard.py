@@ -25,7 +25,9 @@ prime conflicts with the hold or with our listener, because neither has
 so clients of the other family still get "connection refused", as before.
 Listeners on a specific address need no hold: a wildcard co-bound next to them
 never wins a lookup for their address (the kernel looks the exact address up
-first).
+first). The IPv4-mapped ``::ffff:0.0.0.0`` is no specific address: an AF_INET6
+socket with ``IPV6_V6ONLY`` off bound there *is* the IPv4 wildcard in the
+kernel, so it is held like ``0.0.0.0`` (``[::]`` IPv6-only).
 
 Lifetime: the hold is closed when the last of our listeners on that port is
 closed (the listeners are `HeldListener` objects, which report their own close
@@ -51,7 +53,17 @@ from typing import Any
 
 from ._errors import ExclusivityWarning
 
-__all__ = ["HOLDS_WILDCARDS", "HeldListener", "demote_spare", "give_back", "is_wildcard", "protect", "take_hold"]
+__all__ = [
+    "HOLDS_WILDCARDS",
+    "HeldListener",
+    "demote_spare",
+    "give_back",
+    "is_mapped_wildcard",
+    "is_wildcard",
+    "protect",
+    "take_hold",
+    "wildcard_families",
+]
 
 # Only Linux has the bucket behaviour above; BSD, macOS and Windows keep their
 # per-OS rules (see docs/rules.md) and get no extra socket.
@@ -154,33 +166,81 @@ def _reduce_for_workers(sock: HeldListener) -> Any:
 copyreg.pickle(HeldListener, _reduce_for_workers)
 
 
+# ::ffff:0.0.0.0, the IPv4-mapped wildcard: an AF_INET6 socket with IPV6_V6ONLY
+# off bound there is the IPv4 wildcard in the kernel (sk_rcv_saddr 0.0.0.0,
+# not IPv6-only) and serves every IPv4 address exactly like 0.0.0.0; it
+# serves no IPv6 at all.
+_MAPPED_ANY = bytes(10) + b"\xff\xff" + bytes(4)
+
+
+def _packed6(host: Any) -> bytes | None:
+    try:
+        return socket.inet_pton(socket.AF_INET6, host)
+    except (OSError, ValueError, TypeError):
+        return None
+
+
 def is_wildcard(family: int, sockaddr: Any) -> bool:
-    """Is *sockaddr* the wildcard address of *family* (``0.0.0.0`` or ``::``)?"""
-    if family not in _WILDCARD or not isinstance(sockaddr, tuple):
+    """Is *sockaddr* a wildcard address of *family* (``0.0.0.0``, ``::``, or ``::ffff:0.0.0.0``)?
+
+    The IPv4-mapped ``::ffff:0.0.0.0`` counts: bound by an AF_INET6 socket with
+    ``IPV6_V6ONLY`` off it is the IPv4 wildcard (`wildcard_families`), open to
+    the same two-step takeover as ``0.0.0.0`` (with ``IPV6_V6ONLY`` on, the
+    kernel refuses to bind it).
+    """
+    if family not in _WILDCARD or not isinstance(sockaddr, tuple) or not sockaddr:
         return False
     host = sockaddr[0]
     if family == socket.AF_INET6:
-        try:
-            return socket.inet_pton(socket.AF_INET6, host) == bytes(16)
-        except (OSError, ValueError, TypeError):
-            return False
+        return _packed6(host) in (bytes(16), _MAPPED_ANY)
     return bool(host == "0.0.0.0")
+
+
+def is_mapped_wildcard(family: int, sockaddr: Any) -> bool:
+    """Is *sockaddr* the IPv4-mapped wildcard ``::ffff:0.0.0.0`` of an AF_INET6 socket?"""
+    return (
+        family == socket.AF_INET6
+        and isinstance(sockaddr, tuple)
+        and bool(sockaddr)
+        and (_packed6(sockaddr[0]) == _MAPPED_ANY)
+    )
+
+
+def wildcard_families(family: int, sockaddr: Any, v6only: bool) -> frozenset[int]:
+    """The families whose wildcard a socket of *family* bound to *sockaddr* is (empty: not a wildcard).
+
+    ``0.0.0.0``: IPv4. ``::`` IPv6-only: IPv6; dual-stack: both.
+    ``::ffff:0.0.0.0`` (dual-stack, the only way it binds): IPv4 alone, so
+    its hold is ``[::]`` IPv6-only, as for ``0.0.0.0``.
+    """
+    if not is_wildcard(family, sockaddr):
+        return frozenset()
+    if family == socket.AF_INET6:
+        if is_mapped_wildcard(family, sockaddr):
+            return frozenset((int(socket.AF_INET),))
+        if not v6only:
+            return frozenset(_FAMILIES)
+    return frozenset((int(family),))
 
 
 def _covers(sock: socket.socket) -> frozenset[int]:
     family = _family_of(sock)
-    if family == socket.AF_INET6 and not sock.getsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY):
-        return frozenset(_FAMILIES)  # a dual-stack socket is both wildcards at once
-    return frozenset((family,))
+    v6only = family == socket.AF_INET6 and bool(sock.getsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY))
+    # A listener registered here is a wildcard; a dual-stack [::] is both at once,
+    # the IPv4-mapped ::ffff:0.0.0.0 only IPv4.
+    return wildcard_families(family, sock.getsockname(), v6only) or frozenset((int(family),))
 
 
-def take_hold(family: int, port: int) -> socket.socket | None:
+def take_hold(family: int, port: int, address: Any = None) -> socket.socket | None:
     """Our hold on *family*'s wildcard of *port*, removed from the registry, or None.
 
     The caller turns it into a listener (`promote`) or gives it back with
-    `give_back` if that fails.
+    `give_back` if that fails. A listener on *address* ``::ffff:0.0.0.0``
+    gets none: no hold is bound there (an IPv6 hold is ``[::]``, which
+    cannot become that address), so it binds a socket of its own, as on the
+    base loop.
     """
-    if not port:
+    if not port or is_mapped_wildcard(family, address):
         return None
     with _lock:
         entry = _ports.get(port)
@@ -309,6 +369,10 @@ def _demote(sock: HeldListener) -> None:
         if len(needed) != 1:
             return  # a dual-stack listener's two families: _after_release binds holds
         spare = record.spare
+        if _family_of(spare) != needed[0]:
+            # An IPv4-mapped ::ffff:0.0.0.0 listener is AF_INET6: as the IPv4 hold,
+            # take_hold would give it to a 0.0.0.0 listener. A fresh hold instead.
+            return
         if not demote_spare(spare, needed[0], port):
             return  # _after_release binds a fresh hold (_forget closes the spare with the record)
         record.spare = None
