@@ -944,7 +944,9 @@ def test_cli_json_schema_and_exit_status() -> None:
         report = json.loads(out)
         rows = {(r["proto"], r["port"]): r for r in report["sockets"]}
         udp = rows[("udp", shared.getsockname()[1])]
-        assert set(udp) == {"proto", "address", "port", "pid", "process", "user", "options", "verdict", "who", "why"}
+        assert set(udp) == {
+            *("proto", "address", "port", "pid", "process", "user", "options", "device", "verdict", "who", "why")
+        }
         assert udp["verdict"] == "shareable" and udp["pid"] == os.getpid() and udp["address"] == "127.0.0.1"
         assert code == 1
         code, out, _ = _cli("--json", "--tcp", "--port", str(alone.getsockname()[1]), "--pid", str(os.getpid()))

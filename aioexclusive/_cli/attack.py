@@ -29,6 +29,7 @@ from .._guard import exempt
 __all__ = ["OPTION_SETS", "Agent", "attempt", "option_sets", "resolve_user"]
 
 NOBODY = 65534
+SO_BINDTODEVICE = getattr(socket, "SO_BINDTODEVICE", 25)
 
 # Every combination an attacker would try, by the names the OS uses.
 OPTION_SETS: tuple[tuple[str, ...], ...] = (
@@ -57,8 +58,21 @@ def _sockaddr(host: str, port: int) -> tuple[Any, ...]:
     return tuple(info[0][4])
 
 
+def _is_mapped(host: str) -> bool:
+    """An IPv4-mapped IPv6 address (``::ffff:a.b.c.d``), which only an IPV6_V6ONLY=0 socket can bind."""
+    try:
+        return socket.inet_pton(socket.AF_INET6, host.partition("%")[0])[:12] == bytes(10) + b"\xff\xff"
+    except (OSError, ValueError):
+        return False
+
+
 def _open(
-    proto: str, host: str, port: int, options: list[str] | tuple[str, ...], v6only: bool = True
+    proto: str,
+    host: str,
+    port: int,
+    options: list[str] | tuple[str, ...],
+    v6only: bool = True,
+    device: str | None = None,
 ) -> tuple[socket.socket, str]:
     sock = socket.socket(_family(host), socket.SOCK_STREAM if proto == "tcp" else socket.SOCK_DGRAM)
     try:
@@ -71,8 +85,14 @@ def _open(
                 sock.setsockopt(socket.SOL_SOCKET, getattr(socket, name), 1)
             if ":" in host:
                 # v6only=False: a dual-stack socket, which overlaps the IPv4
-                # side too (the second step of the fast-path attack).
-                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1 if v6only else 0)
+                # side too (the second step of the fast-path attack). An
+                # IPv4-mapped address (::ffff:0.0.0.0) binds only that way:
+                # the kernel refuses it on an IPv6-only socket (EINVAL).
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1 if v6only and not _is_mapped(host) else 0)
+            if device:
+                # Bound to one interface: it conflicts only with sockets of no
+                # interface or of this one (the device-bound takeover).
+                sock.setsockopt(socket.SOL_SOCKET, SO_BINDTODEVICE, device.encode())
             sock.bind(_sockaddr(host, port))
     except BaseException:
         sock.close()
@@ -89,6 +109,7 @@ def attempt(
     listen: bool = False,
     v6only: bool = True,
     prime: dict[str, Any] | None = None,
+    device: str | None = None,
 ) -> dict[str, Any]:
     """Try to bind (and, if *listen*, listen) next to whoever holds the port; always close at once.
 
@@ -97,7 +118,8 @@ def attempt(
     ``SO_REUSEPORT`` leaves the port's bind bucket in a "fast reuse" state for
     this uid, and a later bind of the same uid may skip the conflict check
     (the two-step attack, docs/limits.md). A failed prime ends the attempt
-    (``stage="prime"``).
+    (``stage="prime"``). *device* (and the prime's ``"device"``) binds the
+    socket to that interface first (``SO_BINDTODEVICE``).
 
     Returns ``{"bound", "listened", "stage", "errno", "error"}``: *stage* is
     where it failed (``"prime"``/``"bind"``/``"listen"``/``"setsockopt"``) or ``None``.
@@ -105,13 +127,15 @@ def attempt(
     result: dict[str, Any] = {"bound": False, "listened": None, "stage": None, "errno": None, "error": None}
     if prime is not None:
         try:
-            first, _ = _open(proto, prime["host"], port, prime["options"], prime.get("v6only", True))
+            first, _ = _open(
+                proto, prime["host"], port, prime["options"], prime.get("v6only", True), prime.get("device")
+            )
         except OSError as exc:
             result.update(stage="prime", errno=exc.errno, error=_errno.errorcode.get(exc.errno or 0, str(exc)))
             return result
         first.close()  # never listened: it took nothing, it only primed the bucket
     try:
-        sock, _ = _open(proto, host, port, options, v6only)
+        sock, _ = _open(proto, host, port, options, v6only, device)
     except OSError as exc:
         result.update(stage="bind", errno=exc.errno, error=_errno.errorcode.get(exc.errno or 0, str(exc)))
         return result
@@ -211,6 +235,7 @@ def _serve(rfile: IO[bytes], wfile: IO[bytes]) -> None:
                 listen=cmd["listen"],
                 v6only=cmd.get("v6only", True),
                 prime=cmd.get("prime"),
+                device=cmd.get("device"),
             )
         elif op == "hold":
             reply = holder.hold(cmd["proto"], cmd["host"], cmd["port"], cmd["options"])
@@ -314,6 +339,7 @@ class Agent:
         listen: bool,
         v6only: bool = True,
         prime: dict[str, Any] | None = None,
+        device: str | None = None,
     ) -> dict[str, Any]:
         return self._ask(
             op="attempt",
@@ -324,6 +350,7 @@ class Agent:
             listen=listen,
             v6only=v6only,
             prime=prime,
+            device=device,
         )
 
     def hold(self, proto: str, host: str, port: int, options: tuple[str, ...]) -> dict[str, Any]:

@@ -40,6 +40,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from .._binding import bound_device
 from .._procnet import ProcSocket, read_sockets, socket_owners
 from .term import Out
 
@@ -59,6 +60,22 @@ Verdict = Literal["exclusive", "shareable", "shared by design", "unknown"]
 _RANK: dict[str, int] = {"shareable": 0, "unknown": 1, "shared by design": 2, "exclusive": 3}
 
 NO_PERMISSION = "unknown (no permission)"
+
+# Every wildcard spelling /proc/net shows: an AF_INET6 socket bound to the
+# IPv4-mapped wildcard ``::ffff:0.0.0.0`` (dual-stack, IPV6_V6ONLY=0) serves
+# every IPv4 address exactly like 0.0.0.0 and conflicts like it (red team 4, F1).
+MAPPED_ANY = "::ffff:0.0.0.0"
+_WILDCARDS = frozenset(("0.0.0.0", "::", MAPPED_ANY))
+
+
+def is_any(address: str) -> bool:
+    """Is *address* (as /proc/net lists it) a wildcard: ``0.0.0.0``, ``::`` or the IPv4-mapped ``::ffff:0.0.0.0``?"""
+    return address in _WILDCARDS
+
+
+def _ipv4_side(family: int, address: str) -> bool:
+    """Does a socket of *family* on *address* serve IPv4 only (AF_INET, or AF_INET6 on an IPv4-mapped address)?"""
+    return family == socket.AF_INET or ipaddress.IPv6Address(address).ipv4_mapped is not None
 
 
 class AuditError(Exception):
@@ -81,6 +98,8 @@ class Observed:
     """What ``getsockopt`` returned on a duplicate; ``None`` when it could not be read."""
     unread: str = ""
     """Why *options* is ``None``."""
+    device: str = ""
+    """The interface the socket is bound to (``SO_BINDTODEVICE``, or a link-local scope); ``""`` when none or unread."""
 
 
 @dataclass(frozen=True)
@@ -92,6 +111,8 @@ class Finding:
     why: str
     fast_path: bool = False
     """True when the verdict comes from the kernel's bind fast path (fixed by holding the other family)."""
+    fix: str | None = None
+    """The fix when it does not depend on the program (a listener bound to one interface)."""
 
 
 @dataclass
@@ -109,10 +130,12 @@ class PortSocket:
     """``SO_REUSEADDR``/``SO_REUSEPORT`` as read from a duplicate; ``None`` when unread."""
     listening: bool
     inode: int = 0
+    device: str = ""
+    """The interface it is bound to, when read: such a socket conflicts only with sockets of no or the same interface."""
 
     @property
     def serves_v4(self) -> bool:
-        if self.family == socket.AF_INET or ipaddress.IPv6Address(self.address).ipv4_mapped is not None:
+        if _ipv4_side(self.family, self.address):
             return True
         return self.address == "::" and self.v6only == 0
 
@@ -122,7 +145,7 @@ class PortSocket:
 
     @property
     def is_wildcard(self) -> bool:
-        return self.address in ("0.0.0.0", "::")
+        return is_any(self.address)
 
 
 @dataclass
@@ -214,6 +237,8 @@ def verdict(obs: Observed, ports: PortMap, *, user: str, coverage_known: bool = 
             )
         return Finding("exclusive", "nobody else", "UDP without SO_REUSEADDR or SO_REUSEPORT: a second bind fails")
     # TCP listener.
+    if obs.device:
+        return _device_finding(sock, obs.device)
     if options.get("SO_REUSEPORT"):
         return Finding(
             "shareable",
@@ -238,9 +263,33 @@ def verdict(obs: Observed, ports: PortMap, *, user: str, coverage_known: bool = 
     reason = "TCP listener without SO_REUSEPORT"
     if options.get("SO_REUSEADDR"):
         reason += "; SO_REUSEADDR only allows restarts over TIME_WAIT"
-    if sock.is_wildcard and (sock.family == socket.AF_INET or options.get("IPV6_V6ONLY")):
+    if is_any(sock.address) and (_ipv4_side(sock.family, sock.address) or options.get("IPV6_V6ONLY")):
         reason += "; the other family is bound on this port too, which closes the bind fast path"
     return Finding("exclusive", "nobody else", reason)
+
+
+_DEVICE_FIX = (
+    "do not bind the listener to one interface (SO_BINDTODEVICE, systemd BindToDevice=, a link-local "
+    "address with a %scope): listen on a global address or on the wildcard and filter the interface with a firewall"
+)
+
+
+def _device_finding(sock: ProcSocket, device: str) -> Finding:
+    """A TCP listener bound to one interface: any user takes it through the fast path from another interface."""
+    port = sock.port
+    scoped = sock.family == socket.AF_INET6 and ipaddress.IPv6Address(sock.address).is_link_local
+    how = "its link-local address's scope id" if scoped else "SO_BINDTODEVICE"
+    where = f"[{sock.address}]" if ":" in sock.address else sock.address
+    return Finding(
+        "shareable",
+        "any user, from another interface (the kernel's bind fast path)",
+        f"bound to interface {device} ({how}): it conflicts only with sockets of no interface or of {device}, so "
+        f"another user primes port {port} with SO_REUSEPORT on the wildcard bound to another interface, then binds "
+        f"{where}:{port} with SO_REUSEPORT and SO_BINDTODEVICE={device} past the kernel's conflict check and "
+        "takes its connections",
+        fast_path=True,
+        fix=_DEVICE_FIX,
+    )
 
 
 def _fast_path_gap(
@@ -256,10 +305,12 @@ def _fast_path_gap(
     ``SO_REUSEPORT`` socket of another user on the port is one (it keeps the
     bucket in fast-reuse state for that user), whatever else is there.
     """
-    if not sock.is_wildcard:
+    if not is_any(sock.address):
         return None
-    if sock.family == socket.AF_INET6 and options.get("IPV6_V6ONLY") == 0:
-        return None  # dual-stack: both families are this socket's own
+    # ::ffff:0.0.0.0 is AF_INET6 with IPV6_V6ONLY=0 but serves IPv4 only: an IPv4 wildcard.
+    ipv4_only = _ipv4_side(sock.family, sock.address)
+    if not ipv4_only and options.get("IPV6_V6ONLY") == 0:
+        return None  # dual-stack [::]: both families are this socket's own
     others = [s for s in ports.sockets.get(sock.port, ()) if not (s.inode and s.inode == sock.inode)]
     for other in others:
         if other.uid is not None and other.uid != sock.uid and other.options and other.options.get("SO_REUSEPORT"):
@@ -267,10 +318,14 @@ def _fast_path_gap(
                 f"a socket of uid {other.uid} with SO_REUSEPORT is bound on port {sock.port} "
                 f"({other.address}; a priming bind of the fast-path attack)"
             )
-    want_v6 = sock.family == socket.AF_INET
+    want_v6 = ipv4_only
+    on_device = ""
     for other in others:
         side = other.serves_v6 if want_v6 else other.serves_v4
         if not (side and other.is_wildcard and other.options is not None):
+            continue
+        if other.device:
+            on_device = other.device  # bound to one interface: a prime bound to another one does not conflict
             continue
         own = bool(pids & other.pids) or (other.uid is not None and other.uid == sock.uid)
         if not own or other.options.get("SO_REUSEPORT"):
@@ -278,8 +333,22 @@ def _fast_path_gap(
         if other.options.get("SO_REUSEADDR") and not other.listening:
             continue
         return None
+    if on_device:
+        family_name = "IPv6" if want_v6 else "IPv4"
+        return (
+            f"the {family_name} wildcard socket on port {sock.port} is bound to interface {on_device}, so it is no hold: "
+            "a prime bound to another interface does not conflict with it"
+        )
     if want_v6:
-        return f"an IPv4 wildcard listener with no IPv6 wildcard socket of its own (without SO_REUSEPORT) on port {sock.port}"
+        return (
+            "an IPv4 wildcard listener"
+            + (
+                " (the IPv4-mapped ::ffff:0.0.0.0 serves every IPv4 address as 0.0.0.0 does)"
+                if sock.family == socket.AF_INET6
+                else ""
+            )
+            + f" with no IPv6 wildcard socket of its own (without SO_REUSEPORT) on port {sock.port}"
+        )
     return (
         f"an IPv6-only wildcard listener with no IPv4 wildcard socket of its own (without SO_REUSEPORT) "
         f"on port {sock.port}"
@@ -400,6 +469,14 @@ class _Libc:
             raise OSError(code, os.strerror(code))
         return value.value
 
+    def getsockopt_bytes(self, fd: int, level: int, option: int, size: int) -> bytes:
+        buffer = ctypes.create_string_buffer(size)
+        length = ctypes.c_uint32(size)
+        if self._getsockopt(fd, level, option, buffer, ctypes.byref(length)) != 0:
+            code = ctypes.get_errno()
+            raise OSError(code, os.strerror(code))
+        return buffer.raw[: length.value]
+
     def getsockname(self, fd: int) -> tuple[int, str, int] | None:
         """(family, address, port) of an AF_INET/AF_INET6 socket, else ``None``."""
         buffer = ctypes.create_string_buffer(128)
@@ -416,6 +493,16 @@ class _Libc:
         return None
 
 
+class _FdView:
+    """``getsockopt`` on a bare duplicate, shaped as `aioexclusive._binding.bound_device` reads a socket."""
+
+    def __init__(self, libc: _Libc, fd: int) -> None:
+        self._libc, self._fd = libc, fd
+
+    def getsockopt(self, level: int, option: int, size: int) -> bytes:
+        return self._libc.getsockopt_bytes(self._fd, level, option, size)
+
+
 class Reader:
     """Duplicates sockets out of their holders (one pidfd per process) and reads their options."""
 
@@ -425,6 +512,8 @@ class Reader:
         self._pidfds: dict[int, int | OSError] = {}
         self.blind = False
         """Set when some processes' descriptors could not be listed (not root)."""
+        self.devices: dict[int, str] = {}
+        """The interface each TCP socket read so far is bound to, by inode (only those bound to one)."""
         if self.available:
             try:
                 self._libc = _Libc()
@@ -471,7 +560,10 @@ class Reader:
                 return None, "unknown: held by the kernel itself (inode 0), no process to read"
             if self.blind:
                 return None, f"{NO_PERMISSION}: its holder's file descriptors cannot be read as this user"
-            return None, "unknown: no process visible here holds it (another PID namespace, or the kernel)"
+            return (
+                None,
+                "unknown: no process visible here holds it (a descriptor in flight in a message, another PID namespace, or the kernel)",
+            )
         why = ""
         for pid, fd in holders:
             try:
@@ -508,7 +600,17 @@ class Reader:
         }
         if domain == socket.AF_INET6:
             options["IPV6_V6ONLY"] = 1 if get(dup, socket.IPPROTO_IPV6, socket.IPV6_V6ONLY) else 0
+        self._read_device(dup, sock.inode, kind)
         return options
+
+    def _read_device(self, dup: int, inode: int, kind: int) -> None:
+        # SO_BINDTODEVICE reads the interface name (empty when none); a socket
+        # bound to a link-local address with a scope id reads that interface too.
+        assert self._libc is not None
+        if kind == socket.SOCK_STREAM:
+            device = bound_device(_FdView(self._libc, dup))
+            if device:
+                self.devices[inode] = device
 
     def bound_tcp(self, pid: int, fd: int, inode: int) -> tuple[int, str, int, int | None, int, dict[str, int]] | None:
         """(family, address, port, v6only, uid, options) of a bound TCP socket /proc/net does not list, else ``None``."""
@@ -529,6 +631,7 @@ class Reader:
                 "SO_REUSEADDR": 1 if get(dup, socket.SOL_SOCKET, socket.SO_REUSEADDR) else 0,
                 "SO_REUSEPORT": 1 if get(dup, socket.SOL_SOCKET, SO_REUSEPORT) else 0,
             }
+            self._read_device(dup, inode, socket.SOCK_STREAM)
             # The socket inode's owner is the uid /proc/net would show (sock_i_uid).
             return name[0], name[1], name[2], v6only, os.fstat(dup).st_uid, options
         except OSError:
@@ -701,7 +804,7 @@ def audit(
         for sock in selected:
             holders = _oldest_first(scan.owners.get(sock.inode, ()))
             options, why = reader.options(sock, holders)
-            observed.append(Observed(sock, holders, options, why))
+            observed.append(Observed(sock, holders, options, why, reader.devices.get(sock.inode, "")))
         blind_pids: set[int] = set(scan.unreadable)
         for obs in observed:
             if obs.options is None:
@@ -730,7 +833,7 @@ def audit(
         if finding.verdict == "shareable" and owner_pid is not None:
             # grpc's C core sets SO_REUSEPORT itself: recognised by its library, whatever the program.
             libraries = _read_text(f"/proc/{owner_pid}/maps", 1 << 24)
-            fix = _FAST_PATH_FIX if finding.fast_path else recognise(proc.cmdline, libraries)
+            fix = finding.fix or (_FAST_PATH_FIX if finding.fast_path else recognise(proc.cmdline, libraries))
         rows.append(
             {
                 "proto": sock.proto,
@@ -740,6 +843,7 @@ def audit(
                 "process": proc.name,
                 "user": name,
                 "options": dict(obs.options or {}),
+                "device": obs.device,
                 "verdict": finding.verdict,
                 "who": finding.who,
                 "why": finding.why,
@@ -760,11 +864,26 @@ def audit(
         f"read {net_dir} only: sockets of other network namespaces (containers) are not listed; run the audit "
         "inside them (nsenter --net)"
     )
+    if any(r["proto"] == "tcp" and r["verdict"] == "exclusive" for r in rows):
+        # Red team 4, F3: no option, /proc file or diag message shows the bind bucket's state.
+        notes.append(
+            "an exclusive TCP listener is judged by the options it has now: one that set SO_REUSEPORT and cleared "
+            "it after bind reads 0 here, yet its port stays shareable with its own user (the kernel keeps the "
+            "port's reuse record, which nothing passive shows); `probe HOST PORT` finds it by binding"
+        )
     shareable = any(r["verdict"] == "shareable" for r in rows)
     read_any = any(r["verdict"] != "unknown" for r in rows)
     status = 1 if shareable else (2 if rows and not read_any else 0)
     if status == 2:
-        notes.insert(0, "nothing could be read: every socket's options are unknown to this user")
+        if scan.unreadable or not reader.available:
+            notes.insert(0, "nothing could be read: every socket's options are unknown to this user")
+        else:
+            # Root (or every process readable): what is missing is a holder, not a permission.
+            notes.insert(
+                0,
+                "nothing could be read: no process this audit can see holds these sockets (a descriptor in flight "
+                "in a message, the kernel's own socket, or another PID namespace's process; see each socket's why)",
+            )
     return {"sockets": rows, "notes": notes, "exit": status, "as_uid": os.geteuid()}
 
 
@@ -772,7 +891,7 @@ def _needs_cover(obs: Observed, ports: PortMap) -> bool:
     sock = obs.sock
     return (
         sock.proto == "tcp"
-        and sock.is_wildcard
+        and is_any(sock.address)
         and obs.options is not None
         and _fast_path_gap(sock, obs.options, ports, frozenset(p for p, _ in obs.holders)) is not None
     )
@@ -787,7 +906,7 @@ def _read_port_sockets(
 ) -> None:
     """Fill in the options of the listed sockets sharing a port with a TCP wildcard listener under audit."""
     known = {obs.sock.inode: obs.options for obs in observed if obs.sock.proto == "tcp"}
-    ports = {obs.sock.port for obs in observed if obs.sock.proto == "tcp" and obs.sock.is_wildcard}
+    ports = {obs.sock.port for obs in observed if obs.sock.proto == "tcp" and is_any(obs.sock.address)}
     for sock, entry in entries:
         if sock.port not in ports:
             continue
@@ -795,6 +914,7 @@ def _read_port_sockets(
             entry.options = known[sock.inode]
         else:
             entry.options, _ = reader.options(sock, sorted(owners.get(sock.inode, ())))
+        entry.device = reader.devices.get(sock.inode, "")
         if entry.options is not None and "IPV6_V6ONLY" in entry.options:
             entry.v6only = entry.options["IPV6_V6ONLY"]
             port_map.refresh(entry, sock.port)
@@ -827,9 +947,10 @@ def _add_unlisted_tcp(
             found = reader.bound_tcp(pid, fd, inode)
             if found is not None:
                 family, address, port, v6only, uid, options = found
-                port_map.add(
+                entry = port_map.add(
                     family, address, port, v6only, uid=uid, pids={p for p, _ in holders}, options=options, inode=inode
                 )
+                entry.device = reader.devices.get(inode, "")
                 break
 
 
@@ -851,6 +972,8 @@ def _probe_fallback(sock: ProcSocket, finding: Finding) -> Finding:
         return Finding("unknown", "", f"{finding.why}; the bind probe could not tell either ({exc})")
     except Exception as exc:  # noqa: BLE001 - the probe is a fallback; its failure must not end the audit
         return Finding("unknown", "", f"{finding.why}; the bind probe failed ({exc})")
+    if report.get("unknown") and not report.get("shareable"):
+        return Finding("unknown", "", f"{finding.why}; the bind probe could not try everything: {report['unknown'][0]}")
     if report.get("shareable"):
         findings = report.get("findings") or []
         return Finding(
@@ -873,7 +996,7 @@ def _probe_fallback(sock: ProcSocket, finding: Finding) -> Finding:
 
 def public_rows(report: dict[str, Any]) -> list[dict[str, Any]]:
     """The ``--json`` rows: exactly the documented keys."""
-    keys = ("proto", "address", "port", "pid", "process", "user", "options", "verdict", "who", "why")
+    keys = ("proto", "address", "port", "pid", "process", "user", "options", "device", "verdict", "who", "why")
     return [{key: row[key] for key in keys} for row in report["sockets"]]
 
 
@@ -882,7 +1005,10 @@ def _flags(row: dict[str, Any]) -> str:
     if not options:
         return "?"
     short = {"SO_REUSEADDR": "REUSEADDR", "SO_REUSEPORT": "REUSEPORT", "IPV6_V6ONLY": "V6ONLY"}
-    return ",".join(short[name] for name in short if options.get(name)) or "-"
+    flags = [short[name] for name in short if options.get(name)]
+    if row.get("device"):
+        flags.append(f"DEVICE={row['device']}")
+    return ",".join(flags) or "-"
 
 
 def _endpoint(row: dict[str, Any]) -> str:

@@ -14,8 +14,10 @@ as uid 65534 for the cross-user case when the demo runs as root):
    receive the datagrams.
 
 Everything is on 127.0.0.1 and takes a few seconds. Exit status: 0 when every
-exclusive service refused the attacker, 1 if one did not (a bug worth
-reporting), 2 if the demo cannot run here.
+plain-loop service was hijacked and every exclusive service refused the
+attacker, 1 if an exclusive one did not (a bug worth reporting), 2 if the demo
+cannot run here: the attacker cannot start (no uid 65534 in a user namespace),
+or a plain-loop control was not hijacked (then the demo shows nothing).
 """
 
 from __future__ import annotations
@@ -290,6 +292,19 @@ def run_demo(out: Out) -> int:
         except OSError as exc:
             out.line(f"cannot start the attacker process: {exc}", "bad")
             return 2
+        for agent in agents:
+            # An agent that could not become its user has exited: ask it now,
+            # rather than meet a broken pipe in the middle of a case.
+            try:
+                agent.whoami()
+            except OSError as exc:
+                who = f" as uid {agent.uid}" if agent.uid is not None else ""
+                out.line(
+                    f"cannot start the attacker process{who}: it exited ({exc}); in a user namespace "
+                    "without that uid, or where setuid is not allowed, the other-user attacker cannot run",
+                    "bad",
+                )
+                return 2
         other = agents[1] if len(agents) > 1 else agents[0]
         out.line(
             f"aioexclusive demo on {platform.system()} {platform.release()}, Python {platform.python_version()}, "
@@ -298,6 +313,7 @@ def run_demo(out: Out) -> int:
             "head",
         )
         failures = 0
+        uncontrolled: list[str] = []
         cases: list[tuple[str, str, Callable[[bool], Callable[[], Awaitable[Outcome]]]]] = [
             (
                 "1. TCP server started with reuse_port=True (as pre-fork servers such as hypercorn's workers do)",
@@ -320,6 +336,8 @@ def run_demo(out: Out) -> int:
             out.line(title, "head")
             plain = _run_on(make(False), base, exclusive=False)
             _report(out, plain_label, plain, False, proto)
+            if not plain.hijacked:
+                uncontrolled.append(title.split(" ", 1)[1])
             guarded = _run_on(make(True), base, exclusive=True)
             _report(out, exclusive_label, guarded, True, proto)
             if guarded.hijacked or guarded.served != COUNT:
@@ -328,6 +346,17 @@ def run_demo(out: Out) -> int:
         if failures:
             out.line(f"{failures} exclusive service(s) did not keep all their traffic: please report this.", "bad")
             return 1
+        if uncontrolled:
+            # The control failed: a refusal on the exclusive loop proves nothing
+            # when the same attacker could not hijack the plain loop either.
+            out.line(
+                "the plain-loop control was not hijacked ("
+                + "; ".join(uncontrolled)
+                + "): the attacker could not take even the unprotected service here, so the exclusive loop's "
+                "refusals show nothing. The demo cannot demonstrate anything on this system.",
+                "bad",
+            )
+            return 2
         out.line(
             "The exclusive loop refused every attempt and kept all its traffic. "
             "Adopt it with: asyncio.run(main(), loop_factory=aioexclusive.new_event_loop)",

@@ -50,6 +50,7 @@ import ipaddress
 import json
 import os
 import socket
+import struct
 import sys
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -90,18 +91,34 @@ class Attempt:
     v6only: bool = True
     primed_with: str | None = None  # the priming bind of a two-step attempt
     prime_options: list[str] | None = None  # the priming bind's options
+    prime_device: str | None = None  # the interface the prime was bound to
+    device: str | None = None  # the interface the attempt was bound to
+
+
+def _ipv4_of(address: str) -> ipaddress.IPv4Address | None:
+    """The IPv4 address *address* serves: itself, or the one an IPv4-mapped ``::ffff:a.b.c.d`` maps."""
+    ip = ipaddress.ip_address(address.partition("%")[0])
+    if isinstance(ip, ipaddress.IPv4Address):
+        return ip
+    return ip.ipv4_mapped
 
 
 def _is_wildcard(address: str) -> bool:
-    return ipaddress.ip_address(address).is_unspecified
+    """``0.0.0.0``, ``::``, or the IPv4-mapped ``::ffff:0.0.0.0`` (an IPv4 wildcard on an AF_INET6 socket)."""
+    v4 = _ipv4_of(address)
+    return v4.is_unspecified if v4 is not None else ipaddress.ip_address(address.partition("%")[0]).is_unspecified
+
+
+def _ipv4_side(address: str) -> bool:
+    return _ipv4_of(address) is not None
 
 
 def _wildcard(address: str) -> str:
-    return "::" if ":" in address else "0.0.0.0"
+    return "0.0.0.0" if _ipv4_side(address) else "::"
 
 
 def _loopback(address: str) -> str:
-    return "::1" if ":" in address else "127.0.0.1"
+    return "127.0.0.1" if _ipv4_side(address) else "::1"
 
 
 def _addresses(host: str, port: int, proto: str) -> list[str]:
@@ -153,6 +170,8 @@ class _Plan:
     listen: bool
     v6only: bool = True
     prime: tuple[str, bool, tuple[str, ...]] | None = None  # (address, v6only, options), bound and closed first
+    prime_device: str | None = None  # the interface the prime is bound to (SO_BINDTODEVICE)
+    device: str | None = None  # the interface the attempt is bound to
 
 
 def _plans(address: str, proto: str) -> list[_Plan]:
@@ -184,7 +203,7 @@ def _plans(address: str, proto: str) -> list[_Plan]:
         # lookup and, with SO_INCOMING_CPU, takes every IPv4 connection
         # (red team, 200/200; without SO_BINDTODEVICE the IPv4 socket wins,
         # which is what commit c32d2fa measured).
-        prime_at = ("0.0.0.0", True) if ":" in address else ("::", True)
+        prime_at = ("::", True) if _ipv4_side(address) else ("0.0.0.0", True)
         # The prime once with SO_REUSEPORT alone and once with SO_REUSEADDR
         # too: SO_REUSEADDR gets it past TIME_WAIT and connected sockets left
         # on the other family's side of the port (a closed listener's last
@@ -194,11 +213,138 @@ def _plans(address: str, proto: str) -> list[_Plan]:
             plans.append(
                 _Plan("::", "the dual-stack wildcard [::] after a priming bind", ("SO_REUSEPORT",), False, False, prime)
             )
-            if ":" in address:
+            if not _ipv4_side(address):
                 plans.append(
                     _Plan(address, "the service's address after a priming bind", ("SO_REUSEPORT",), False, True, prime)
                 )
     return plans
+
+
+# How many other interfaces a device-bound prime is tried on (one passes unless the listener is bound to it).
+_PRIME_DEVICES = 3
+_DEVICE_TARGET = "the service's address on its interface after a priming bind on another interface"
+
+
+def _device_plans(address: str, proto: str) -> tuple[list[_Plan], str | None]:
+    """The device-bound takeover (red team 4, F6), and why it cannot be tried here (``None`` if it can).
+
+    A TCP listener bound to one interface (SO_BINDTODEVICE, or a link-local
+    address's scope id) conflicts only with sockets of no interface or of its
+    own. A SO_REUSEPORT prime on the wildcard bound to *another* interface
+    therefore passes next to it and leaves the port's fast-reuse record for
+    this uid; a SO_REUSEPORT bind of the service's address on its interface
+    then skips the conflict check. Against a listener of no interface the
+    prime conflicts and is refused. Neither socket listens.
+    """
+    if not (proto == "tcp" and ON_LINUX and hasattr(socket, "SO_REUSEPORT") and hasattr(socket, "if_nameindex")):
+        return [], None
+    own = _device_of(address)
+    try:
+        names = [name for _, name in socket.if_nameindex()]
+    except OSError:
+        names = []
+    others = [name for name in names if name != own][:_PRIME_DEVICES]
+    # The prime must be tried on an interface the listener is surely not bound to: one other than the
+    # address's own, or, when that is not known, two (the listener can be bound to one of them only).
+    if len(others) < (1 if own else 2):
+        return [], (
+            f"the device-bound takeover of {address} could not be tried: it needs a network interface other than "
+            f"{own or 'the one the listener may be bound to'} to prime on, and this network namespace has "
+            f"{'none' if not others else 'only ' + others[0]} (a listener bound to one interface cannot be told "
+            "from one bound to none)"
+        )
+    # (prime, thief, thief's IPV6_V6ONLY): the service's own family's wildcard, then the service's address;
+    # for a wildcard service also the two-step's shape (the other family's wildcard, then a dual-stack [::]),
+    # which gets past the other family's side held by a socket bound to one interface.
+    shapes = [(_wildcard(address), address, True)]
+    if _is_wildcard(address) and socket.has_ipv6:
+        shapes.append(("::" if _ipv4_side(address) else "0.0.0.0", "::", False))
+    plans = [
+        _Plan(
+            target,
+            _DEVICE_TARGET
+            if target == address
+            else "the dual-stack wildcard [::] after a priming bind on another interface",
+            ("SO_REUSEPORT",),
+            False,
+            v6only,
+            (prime_at, True, ("SO_REUSEPORT",)),
+            prime_device=device,
+            device=own,
+        )
+        for prime_at, target, v6only in shapes
+        for device in others
+    ]
+    return plans, None
+
+
+def _device_of(address: str) -> str | None:
+    """The interface *address* belongs to, as far as this machine says (Linux), else ``None``."""
+    base, _, zone = address.partition("%")
+    try:
+        if zone:
+            return socket.if_indextoname(int(zone)) if zone.isdigit() else zone
+        ip = ipaddress.ip_address(base)
+        v4 = _ipv4_of(base)
+        if ip.is_unspecified or (v4 is not None and v4.is_unspecified):
+            return None
+        names = [name for _, name in socket.if_nameindex()]
+        if ip.is_loopback or (v4 is not None and v4.is_loopback):
+            return "lo" if "lo" in names else None
+        if v4 is None:
+            with open("/proc/net/if_inet6", encoding="ascii") as table:
+                for line in table:
+                    parts = line.split()
+                    if len(parts) == 6 and ipaddress.IPv6Address(int(parts[0], 16)) == ip:
+                        return parts[5]
+            return None
+        import fcntl
+
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe_sock:
+            for name in names:
+                # SIOCGIFADDR: the interface's (primary) IPv4 address.
+                try:
+                    reply = fcntl.ioctl(probe_sock.fileno(), 0x8915, struct.pack("256s", name.encode()[:15]))
+                except OSError:
+                    continue
+                if ipaddress.IPv4Address(reply[20:24]) == v4:
+                    return name
+    except (OSError, ValueError):
+        return None
+    return None
+
+
+def _serving_wildcards(proto: str, address: str, port: int) -> list[str]:
+    """The wildcard listeners that serve *address* (a specific one) because nothing listens on it exactly (Linux).
+
+    The kernel hands a connection to ``127.0.0.1:P`` to a listener on exactly
+    that address if there is one, else to one on the wildcard
+    (``0.0.0.0``, ``::ffff:0.0.0.0``, a dual-stack ``[::]``; for IPv6,
+    ``[::]``): that is the socket an attacker takes over (red team 4, F5).
+    """
+    if proto != "tcp" or not ON_LINUX or _is_wildcard(address):
+        return []
+    try:
+        from .._procnet import read_sockets
+
+        rows = [row for row in read_sockets(("tcp", "tcp6"), ports={port}) if row.is_listening]
+    except Exception:  # noqa: BLE001 - a diagnostic: never turn the probe into a traceback
+        return []
+    v4 = _ipv4_of(address)
+    wanted = ipaddress.ip_address(address.partition("%")[0])
+    found: list[str] = []
+    for row in rows:
+        row_v4 = _ipv4_of(row.address)
+        if (v4 is not None and row_v4 == v4) or (v4 is None and ipaddress.ip_address(row.address) == wanted):
+            return []  # a listener on the address itself serves it
+        if not _is_wildcard(row.address):
+            continue
+        # 0.0.0.0 and ::ffff:0.0.0.0 serve IPv4; [::] serves IPv6, and IPv4 too when dual-stack (the
+        # two-step attempts on it are refused if it is: nothing is claimed that is not tried).
+        if (row_v4 is not None and v4 is not None) or row.address == "::":
+            if row.address not in found:
+                found.append(row.address)
+    return found
 
 
 def _presence(me: Identity, proto: str, address: str, port: int) -> str | None:
@@ -376,6 +522,16 @@ def _gid_of(uid: int) -> int:
 def _meaning(a: Attempt, proto: str) -> str:
     unit = "connections" if proto == "tcp" else "datagrams"
     options = "+".join(a.options) or "no options"
+    if a.prime_device is not None:
+        return (
+            f"{a.user} can bind {a.address} with {options}"
+            + ("" if a.v6only else " and IPV6_V6ONLY=0")
+            + (f" on interface {a.device}" if a.device else "")
+            + f" after a priming bind of {a.primed_with} with SO_REUSEPORT on interface {a.prime_device}: what "
+            "holds the port there (the listener, or the socket holding its other family's side) is bound to one "
+            "interface, so a prime on another one does not conflict with it and the kernel fast path skips the "
+            f"conflict check; such a listener on the service's interface wins its {unit} (with SO_INCOMING_CPU)"
+        )
     if a.primed_with is not None:
         return (
             f"{a.user} can bind {a.address} with {options}"
@@ -409,8 +565,16 @@ def probe(host: str, port: int, *, udp: bool = False, users: list[str] | None = 
         (absent if reason else present).append(reason or address)
     if not present:
         raise ProbeError("; ".join(absent) + ": start the service first, then probe it")
-    holders = [h for address in present for h in find_holders(proto.upper(), address, port)]
-    owners = [o for address in present for o in _proc_owners(proto, address, port)]
+    # A specific address with no listener of its own is served by a wildcard listener: attack that one too.
+    served_by: dict[str, list[str]] = {}
+    targets = list(present)
+    for address in present:
+        for wildcard in _serving_wildcards(proto, address, port):
+            served_by.setdefault(address, []).append(wildcard)
+            if wildcard not in targets:
+                targets.append(wildcard)
+    holders = [h for address in targets for h in find_holders(proto.upper(), address, port)]
+    owners = [o for address in targets for o in _proc_owners(proto, address, port)]
     # The service's uid: psutil's answer, or the kernel's socket table (no
     # psutil needed; SO_REUSEPORT shares within one uid, so it must be tried).
     holder_uids = {h.uid for h in holders if h.uid is not None} | {o.uid for o in owners if o.uid is not None}
@@ -418,16 +582,50 @@ def probe(host: str, port: int, *, udp: bool = False, users: list[str] | None = 
         owners = [_describe_process(h.pid, h.uid) for h in holders]
     identities = _identities(users, holder_uids)
     attempts: list[Attempt] = []
+    unknown: list[str] = []
+    plans_of: dict[str, list[_Plan]] = {}
+    for address in targets:
+        # The device-bound takeover last: a prime that passes leaves the fast-reuse record for this uid.
+        device_plans, untried = _device_plans(address, proto)
+        plans_of[address] = _plans(address, proto) + device_plans
+        if untried is not None:
+            unknown.append(untried)
     try:
         for identity in identities:
-            for address in present:
-                for plan in _plans(address, proto):
+            found = False
+            for address in targets:
+                for plan in plans_of[address]:
+                    if found and plan.prime_device is not None:
+                        # This user already co-bound: a bind that passed with SO_REUSEPORT left the port's
+                        # fast-reuse record for it, so a device-bound attempt would pass whatever the listener.
+                        continue
                     prime = None
                     if plan.prime is not None:
-                        prime = {"host": plan.prime[0], "options": list(plan.prime[2]), "v6only": plan.prime[1]}
+                        prime = {
+                            "host": plan.prime[0],
+                            "options": list(plan.prime[2]),
+                            "v6only": plan.prime[1],
+                            "device": plan.prime_device,
+                        }
                     r = _attempt_as(identity)(
-                        proto, plan.target, port, plan.options, listen=plan.listen, v6only=plan.v6only, prime=prime
+                        proto,
+                        plan.target,
+                        port,
+                        plan.options,
+                        listen=plan.listen,
+                        v6only=plan.v6only,
+                        prime=prime,
+                        device=plan.device,
                     )
+                    if plan.prime_device is not None and r["stage"] == "prime" and r["error"] != "EADDRINUSE":
+                        # Not refused by a conflict: the attack was not tried (an old kernel's EPERM, a
+                        # vanished interface). Refusals by conflict are what "exclusive" rests on.
+                        why = (
+                            f"the device-bound takeover of {address} could not be tried as {identity.label}: "
+                            f"binding to interface {plan.prime_device} failed ({r['error']})"
+                        )
+                        if why not in unknown:
+                            unknown.append(why)
                     attempts.append(
                         Attempt(
                             user=identity.label,
@@ -443,18 +641,30 @@ def probe(host: str, port: int, *, udp: bool = False, users: list[str] | None = 
                             v6only=plan.v6only,
                             primed_with=None if plan.prime is None else plan.prime[0],
                             prime_options=None if plan.prime is None else list(plan.prime[2]),
+                            prime_device=plan.prime_device,
+                            device=plan.device,
                         )
                     )
+                    found = found or attempts[-1].co_bound
     finally:
         for identity in identities:
             if identity.agent is not None:
                 identity.agent.close()
     findings = [a for a in attempts if a.co_bound]
+    # Tried for an address when some identity's prime passed or was refused by a conflict.
+    device_tried = {
+        a.address
+        for a in attempts
+        if a.prime_device is not None and (a.failed_at != "prime" or a.error == "EADDRINUSE")
+    }
+    # An identity that could bind to some interface answered the question: drop what another could not.
+    unknown = [u for u in unknown if not any(u.startswith(f"the device-bound takeover of {t} ") for t in device_tried)]
     return {
         "host": host,
         "port": port,
         "protocol": proto.upper(),
         "addresses": present,
+        "served_by": served_by,
         "not_held": absent,
         "holders": [str(h) for h in holders]
         or [f"pid {o.pid} ({o.name}, uid {o.uid})" if o.pid is not None else f"uid {o.uid}" for o in owners],
@@ -465,7 +675,9 @@ def probe(host: str, port: int, *, udp: bool = False, users: list[str] | None = 
         # Found only by a two-step bind (prime, close, bind again): see docs/limits.md.
         "kernel_fast_path": any(a.primed_with is not None for a in findings),
         "findings": [_meaning(a, proto) for a in findings],
-        "exit": 1 if findings else 0,
+        # Attacks that could not be tried: without a finding the answer is "unknown" (exit 2), never "exclusive".
+        "unknown": [] if findings else unknown,
+        "exit": 1 if findings else (2 if unknown else 0),
     }
 
 
@@ -480,6 +692,12 @@ def _show(out: Out, report: dict[str, Any]) -> None:
     )
     for note in report["not_held"]:
         out.line(f"skipped: {note}", "note")
+    for address, wildcards in report.get("served_by", {}).items():
+        out.line(
+            f"{address} has no listener of its own: {' and '.join(wildcards)} port {report['port']} serves it, "
+            "so that listener is attacked too",
+            "note",
+        )
     out.line()
     rows, marked = [], []
     for a in report["attempts"]:
@@ -490,8 +708,12 @@ def _show(out: Out, report: dict[str, Any]) -> None:
         options = "+".join(a["options"]) or "-"
         if not a.get("v6only", True):
             options += " V6ONLY=0"
+        if a.get("device"):
+            options += f" on {a['device']}"
         if a.get("primed_with"):
             primed = "+".join(a.get("prime_options") or ["SO_REUSEPORT"])
+            if a.get("prime_device"):
+                primed += f" on {a['prime_device']}"
             options = f"{a['primed_with']} ({primed}) then {options}"
         rows.append([a["user"], a["address"], options, result])
         marked.append(a["co_bound"])
@@ -503,6 +725,12 @@ def _show(out: Out, report: dict[str, Any]) -> None:
         for finding in report["findings"]:
             out.line(f"  - {finding}")
         out.line(f"Fix: {report['fix']}", "note")
+    elif report.get("unknown"):
+        out.line(
+            f"unknown: none of the {len(report['attempts'])} attempts could co-bind, but not all were tried:", "bad"
+        )
+        for why in report["unknown"]:
+            out.line(f"  - {why}")
     else:
         out.line(f"exclusive: none of the {len(report['attempts'])} attempts could co-bind.", "good")
 
