@@ -9,7 +9,9 @@ Linux only, and read-only: nothing is bound, connected or sent.
    over the holder: root, or the same user for a dumpable process) takes a
    duplicate of the holder's descriptor. The duplicate refers to the same
    open socket, so ``getsockopt`` on it reads the real ``SO_REUSEADDR``,
-   ``SO_REUSEPORT`` and ``IPV6_V6ONLY``; closing it only drops our reference.
+   ``SO_REUSEPORT``, ``IPV6_V6ONLY`` and, for TCP, ``SO_BINDTODEVICE`` (a
+   listener bound to one interface is open to a prime from another one);
+   closing it only drops our reference.
    Nothing else is done with it: no ``shutdown`` (that would act on the
    owner's socket), and no Python socket object either (``socket.socket``
    with ``fileno=`` switches the shared file to non-blocking when a default
@@ -17,7 +19,7 @@ Linux only, and read-only: nothing is bound, connected or sent.
 3. A verdict per socket by the bind plan's rules (`verdict`, pure), including
    the kernel's bind fast path (docs/design.md, "What attacking taught us"): a TCP wildcard listener
    whose port has no socket of the other family can be taken over by any
-   user. TCP sockets that are bound but never listen are not listed in
+   user (``::ffff:0.0.0.0`` is the IPv4 wildcard). TCP sockets that are bound but never listen are not listed in
    ``/proc/net/tcp*``; the audit finds them through the same duplicates, so
    an exclusive loop's other-family holder counts.
 

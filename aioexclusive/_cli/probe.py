@@ -9,7 +9,10 @@ plus the service's own user, read from ``/proc/net`` on Linux or from psutil:
 two-step binds of the kernel fast path (docs/limits.md) against a wildcard
 service of either family: a priming ``SO_REUSEPORT`` bind (alone, and with
 ``SO_REUSEADDR``, which gets past TIME_WAIT and connections) on the other
-family's wildcard, closed, then a dual-stack ``[::]`` bind with ``SO_REUSEPORT``. The final "Fix:" line names
+family's wildcard, closed, then a dual-stack ``[::]`` bind with ``SO_REUSEPORT``; a specific
+address served by a wildcard listener (nothing listens on the address itself) gets the wildcard's
+attempts too; and a prime bound to another network interface, which only passes next to a listener
+bound to one interface (`_device_plans`; "unknown", exit 2, when it cannot be tried). The final "Fix:" line names
 what helps for the program that holds the port (gRPC, granian, gunicorn, ...),
 found through psutil or ``/proc``. Every socket is closed as soon as its answer is known.
 
@@ -41,7 +44,8 @@ Not disturbing the service is the point, and it decides how TCP is probed:
   successful bind is reported as the finding it is.
 
 Exit status: 0 nothing could co-bind, 1 something could (listed), 2 bad input
-or cannot probe (a clear message says why).
+or cannot probe (a clear message says why), or an attack could not be tried
+and nothing was found (the report's ``unknown`` says which).
 """
 
 from __future__ import annotations
