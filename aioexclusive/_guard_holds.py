@@ -77,6 +77,7 @@ _OTHER = {_AF_INET: _AF_INET6, _AF_INET6: _AF_INET}
 _WILDCARD = {_AF_INET: "0.0.0.0", _AF_INET6: "::"}
 _SO_REUSEPORT = getattr(socket, "SO_REUSEPORT", None)
 _SO_ACCEPTCONN = getattr(socket, "SO_ACCEPTCONN", None)
+_ON_LINUX = sys.platform.startswith("linux")
 
 _CSocket = _socket.socket  # C-level methods: a subclass cannot override what the guard reads
 _family_of = _CSocket.family.__get__
@@ -215,6 +216,52 @@ def on_listen(sock: Any, mode: str) -> str | None:
         _ports.setdefault(port, _Port()).holds[other] = hold
         _register(sock, port, family)
     return None
+
+
+class _View:
+    """What `_binding.bound_device` reads, through the C-level ``getsockopt`` (a subclass cannot lie to it)."""
+
+    __slots__ = ("sock",)
+
+    def __init__(self, sock: Any) -> None:
+        self.sock = sock
+
+    def getsockopt(self, *args: Any) -> Any:
+        return _getsockopt(self.sock, *args)
+
+
+# Device-bound listeners already reported in this process (a second listen(),
+# asyncio's create_server(sock=...), says nothing new).
+_device_reported: weakref.WeakSet[Any] = weakref.WeakSet()
+
+
+def device_refusal(sock: Any, mode: str) -> ExclusivityError | None:
+    """The refusal of *sock*, a TCP socket about to listen, if it is bound to one network interface (Linux).
+
+    Such a listener is taken over by any user (`_binding.device_bound_refusal`
+    says how) and no hold can protect it. ``raise`` refuses the listen with
+    this error; ``enforce`` cannot fix it and ``warn`` only reports: both warn
+    once per socket (None when reported already, or not device-bound).
+    """
+    if not _ON_LINUX or not isinstance(sock, _CSocket) or _type_of(sock) & ~_TYPE_FLAGS != _STREAM:
+        return None
+    family = int(_family_of(sock))
+    if family not in _OTHER:
+        return None
+    from ._binding import bound_device, device_bound_refusal
+
+    # SO_BINDTODEVICE, or the interface a link-local address's scope id bound it to (the kernel reports both).
+    device = bound_device(_View(sock))
+    if not device or (mode != "raise" and sock in _device_reported):
+        return None
+    try:
+        bound = _getsockname(sock)
+        where = _where(str(bound[0]), int(bound[1]))
+    except (OSError, TypeError, ValueError, IndexError):
+        where = "an unbound socket"
+    if mode != "raise":
+        _device_reported.add(sock)
+    return device_bound_refusal(where, device)
 
 
 def _problem(family: int, port: int, what: str) -> str:
@@ -418,6 +465,21 @@ def install(
         mode = _guard.state.mode
         if mode != "off" and not getattr(_guard.local, "busy", False) and not _guard.exempt.get():
             watched_before = id(self) in _watched
+            _guard.local.busy = True
+            try:
+                device = device_refusal(self, mode)
+            except Exception:  # noqa: BLE001 - as in the guard's hook: our trouble must not break a listen
+                device = None
+            finally:
+                _guard.local.busy = False
+            if device is not None:
+                # Judged first, so that a refusal leaves no hold behind.
+                if mode == "raise":
+                    raise device
+                assert _guard.warn is not None and _guard.origin is not None
+                # enforce cannot fix it (no option or hold can) and never stops a program: it reports.
+                cannot = "" if mode == "warn" else "; guard('enforce') cannot fix this and lets it listen"
+                _guard.warn(f"{device}{cannot}", _guard.origin(_caller()), f"refused listen(): {device}")
             _guard.local.busy = True
             try:
                 problem = on_listen(self, mode)

@@ -19,6 +19,7 @@ import asyncio
 import errno
 import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -26,10 +27,15 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from attacker import NOBODY, FastPathAttacker, on_cpu_0
-from harness import IS_ROOT, port_free_on_both_families
 
-import aioexclusive
+HERE = os.path.dirname(os.path.abspath(__file__))
+if __name__ == "__main__":  # the re-run inside a network namespace: helpers as pytest's pythonpath gives them
+    sys.path.insert(0, HERE)
+
+from attacker import NOBODY, FastPathAttacker, accept_waiting, become_stranger, on_cpu_0  # noqa: E402
+from harness import IS_ROOT, port_free_on_both_families  # noqa: E402
+
+import aioexclusive  # noqa: E402
 
 ON_LINUX = sys.platform.startswith("linux")
 pytestmark = [
@@ -276,3 +282,156 @@ def test_loop_serves_a_sock_on_the_ipv4_mapped_wildcard_as_asyncio() -> None:
             await server.wait_closed()
 
     assert asyncio.run(main()) == aioexclusive.run(main()) == (MAPPED_ANY, True)
+
+
+# -- F6: TCP listeners bound to one interface (in a network namespace of our own) ---------------
+
+HOST_NETNS_VAR = "AIOEXCLUSIVE_TEST_HOST_NETNS"
+LINK_LOCAL = "fe80::1"
+DEVICE_MODES = (None, "warn", "enforce", "raise")
+
+
+def _setup_namespace() -> None:
+    if os.environ.get(HOST_NETNS_VAR) in (None, os.readlink("/proc/self/ns/net")):
+        raise SystemExit("refusing to run: not inside a network namespace of the test's own making")
+    for args in (
+        ["link", "set", "lo", "up"],
+        # A veth pair (this kernel may have no dummy driver): other0 is the attacker's "other interface".
+        ["link", "add", "other0", "type", "veth", "peer", "name", "other1"],
+        ["link", "set", "other0", "up"],
+        ["link", "set", "other1", "up"],
+        # No duplicate address detection: usable at once, not "tentative".
+        ["-6", "addr", "add", f"{LINK_LOCAL}/64", "dev", "other1", "nodad"],
+    ):
+        subprocess.run(["ip", *args], check=True)  # noqa: S603, S607 - our own namespace
+
+
+def _take_from_another_interface(port: int, prime_host: str, thief: tuple[Any, ...], device: bytes | None) -> list[Any]:
+    """As uid 65534: a SO_REUSEPORT prime on *prime_host* (the wildcard) bound to other0, closed; then a thief at
+    *thief* (SO_REUSEPORT, SO_INCOMING_CPU=0, SO_BINDTODEVICE=*device*) that listens; TRAFFIC connections to
+    *thief*'s address from CPU 0. ["ok", stolen] or ["refused ERRNO", 0]."""
+    r, w = os.pipe()
+    go_r, go_w = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - the child
+        try:
+            become_stranger(NOBODY, w, go_r)
+            family = socket.AF_INET6 if ":" in prime_host else socket.AF_INET
+            try:
+                prime = socket.socket(family, socket.SOCK_STREAM)
+                prime.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+                if family == socket.AF_INET6:
+                    prime.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+                prime.setsockopt(socket.SOL_SOCKET, SO_BINDTODEVICE, b"other0")
+                prime.bind((prime_host, port))
+                prime.close()
+                sock = socket.socket(socket.AF_INET6 if len(thief) == 4 else socket.AF_INET, socket.SOCK_STREAM)
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+                sock.setsockopt(socket.SOL_SOCKET, SO_INCOMING_CPU, 0)
+                if device:
+                    sock.setsockopt(socket.SOL_SOCKET, SO_BINDTODEVICE, device)
+                sock.bind(thief)
+                sock.listen(64)
+                sock.setblocking(False)
+            except OSError as exc:
+                os.write(w, f"refused {exc.errno}\n".encode())
+                os._exit(0)
+            os.write(w, b"ok\n")
+            os.read(go_r, 1)
+            os.write(w, f"{accept_waiting(sock)}\n".encode())
+        finally:
+            os._exit(0)
+    os.close(w)
+    os.close(go_r)
+    with os.fdopen(r) as answers:
+        first = answers.readline().strip()
+        stolen = 0
+        if first == "ok":
+            family = socket.AF_INET6 if len(thief) == 4 else socket.AF_INET
+            with on_cpu_0():
+                for _ in range(TRAFFIC):
+                    with socket.socket(family, socket.SOCK_STREAM) as client:
+                        client.settimeout(5)
+                        client.connect(thief)
+            os.write(go_w, b"g")
+            stolen = int(answers.readline())
+    os.close(go_w)
+    os.waitpid(pid, 0)
+    return [first, stolen]
+
+
+def _device_scenarios() -> dict[str, Any]:
+    _setup_namespace()
+    scope = socket.if_nametoindex("other1")
+    out: dict[str, Any] = {}
+    port = 41000
+    for mode in DEVICE_MODES:
+        for kind in ("bindtodevice", "link-local"):
+            port += 1
+            if kind == "bindtodevice":
+                victim = Victim(mode, host="127.0.0.1", port=port, device="lo")
+                how: tuple[str, tuple[Any, ...], bytes | None] = ("0.0.0.0", ("127.0.0.1", port), b"lo")
+            else:
+                victim = Victim(mode, host=LINK_LOCAL, port=port, scope="other1")
+                how = ("::", (LINK_LOCAL, port, 0, scope), None)
+            attack = _take_from_another_interface(port, *how) if victim.port else None
+            out[f"{kind}-{mode}"] = {"first": victim.first, "attack": attack, "err": victim.finish()}
+    return out
+
+
+@pytest.fixture(scope="module")
+def device_scenarios() -> dict[str, Any]:
+    if not IS_ROOT:
+        pytest.skip("needs root: a network namespace, and an attacker that becomes uid 65534")
+    for tool in ("unshare", "ip"):
+        if shutil.which(tool) is None:
+            pytest.skip(f"{tool} is not installed")
+    if subprocess.run(["unshare", "--net", "true"], check=False, capture_output=True).returncode != 0:  # noqa: S607
+        pytest.skip("unshare --net is not permitted here")
+    env = {**os.environ, HOST_NETNS_VAR: os.readlink("/proc/self/ns/net")}
+    proc = subprocess.run(  # noqa: S603
+        ["unshare", "--net", sys.executable, os.path.abspath(__file__), "device"],  # noqa: S607
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=env,
+    )
+    assert proc.returncode == 0, proc.stderr
+    result: dict[str, Any] = json.loads(proc.stdout.strip().splitlines()[-1])
+    return result
+
+
+@pytest.mark.parametrize("kind", ["bindtodevice", "link-local"])
+def test_control_a_device_bound_listener_is_taken_without_the_guard(
+    device_scenarios: dict[str, Any], kind: str
+) -> None:
+    got = device_scenarios[f"{kind}-None"]
+    assert got["first"].isdigit(), got
+    assert got["attack"][0] == "ok" and got["attack"][1] > 0, got
+
+
+@pytest.mark.parametrize("kind", ["bindtodevice", "link-local"])
+def test_guard_raise_refuses_a_device_bound_listener(device_scenarios: dict[str, Any], kind: str) -> None:
+    got = device_scenarios[f"{kind}-raise"]
+    assert got["first"].startswith("ERROR ExclusivityError"), got
+    assert "bound to one network interface" in got["first"], got
+    assert ("on lo)" if kind == "bindtodevice" else "on other1)") in got["first"], got
+
+
+@pytest.mark.parametrize("kind", ["bindtodevice", "link-local"])
+@pytest.mark.parametrize("mode", ["enforce", "warn"])
+def test_guard_reports_a_device_bound_listener_it_cannot_fix(
+    device_scenarios: dict[str, Any], kind: str, mode: str
+) -> None:
+    """No option or hold protects it: enforce and warn let it listen and say so once (the attack still works)."""
+    got = device_scenarios[f"{kind}-{mode}"]
+    assert got["first"].isdigit(), got
+    assert got["err"].count("ExclusivityWarning") == 1, got["err"]
+    assert "bound to one network interface" in got["err"], got["err"]
+    assert ("cannot fix" in got["err"]) == (mode == "enforce"), got["err"]
+    assert got["attack"][0] == "ok", got  # what the warning says
+
+
+if __name__ == "__main__" and sys.argv[1:] == ["device"]:
+    print(json.dumps(_device_scenarios()))
