@@ -345,7 +345,8 @@ def _in_new_netns(scenario: str) -> dict[str, Any]:
             pytest.skip(f"{tool} is not installed")
     if subprocess.run(["unshare", "--net", "true"], check=False, capture_output=True).returncode != 0:
         pytest.skip("unshare --net is not permitted here")
-    env = {**os.environ, "PYTHONPATH": ROOT, HOST_NETNS_VAR: os.readlink("/proc/self/ns/net")}
+    path = os.pathsep.join(p for p in (ROOT, os.environ.get("PYTHONPATH", "")) if p)
+    env = {**os.environ, "PYTHONPATH": path, HOST_NETNS_VAR: os.readlink("/proc/self/ns/net")}
     proc = subprocess.run(
         ["unshare", "--net", sys.executable, os.path.abspath(__file__), scenario],
         check=False,
@@ -506,7 +507,7 @@ def test_demo_without_uid_65534_exits_2_without_a_traceback() -> None:
         pytest.skip("needs root and unshare")
     if subprocess.run(["unshare", "--user", "--map-root-user", "true"], capture_output=True).returncode != 0:
         pytest.skip("user namespaces are not permitted here")
-    env = {**os.environ, "PYTHONPATH": ROOT}
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (ROOT, os.environ.get("PYTHONPATH", "")) if p)}
     # Only uid 0 is mapped in this user namespace: the other-user attacker cannot setuid(65534).
     result = subprocess.run(
         [
