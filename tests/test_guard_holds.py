@@ -14,7 +14,7 @@ import signal
 import socket
 import subprocess
 import sys
-import time
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -371,19 +371,36 @@ def test_launcher_hypercorn_workers(other_user_attacker: Attacker, tmp_path: Pat
         text=True,
         start_new_session=True,
     )
+    lines: list[str] = []
+    both_listen = threading.Event()
+
+    def read_stderr() -> None:
+        assert proc.stderr is not None
+        for line in proc.stderr:
+            lines.append(line)
+            if sum("Running on" in seen for seen in lines) == 2:
+                both_listen.set()
+        both_listen.set()  # exited: the assertion below says so
+
+    reader = threading.Thread(target=read_stderr, daemon=True)
+    reader.start()
     try:
-        # Listening (the first worker to listen took the hold; time for the second to start too).
-        deadline = time.monotonic() + 30
-        while not _serves(port):
-            assert proc.poll() is None, "hypercorn exited"
-            assert time.monotonic() < deadline, "hypercorn did not start"
-            time.sleep(0.1)
-        time.sleep(1.0)
+        # Each worker logs "Running on" once its server listens (the first to listen took the hold):
+        # with both lines seen, a warning from either listen() is on stderr already. (A fixed sleep
+        # here let a slow second worker listen after the test had looked.) The bound on the wait only
+        # keeps a hung start from hanging the suite.
+        both_listen.wait(60)
+        assert proc.poll() is None and sum("Running on" in line for line in lines) >= 2, "".join(lines)
+        assert _serves(port)
         result, prime, stolen = _two_step(other_user_attacker, V4, port)
         assert prime == "EADDRINUSE" and not result.ok and stolen == 0, (result, prime, stolen)
     finally:
         os.killpg(proc.pid, signal.SIGKILL)
-        _, err = proc.communicate()
+        proc.wait()
+        reader.join(10)
+        assert proc.stderr is not None
+        proc.stderr.close()
+    err = "".join(lines)
     assert "ExclusivityWarning: a TCP listener" not in err, err
 
 

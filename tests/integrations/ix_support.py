@@ -46,6 +46,7 @@ class ServerProcess:
     def __init__(self, args: list[str], *, cwd: str | None = None) -> None:
         self.args = args
         self.lines: list[str] = []
+        self._eof = False  # the output ended (the process is exiting)
         self._changed = threading.Condition()
         self.proc = subprocess.Popen(
             args,
@@ -67,6 +68,7 @@ class ServerProcess:
                 self.lines.append(line.rstrip("\n"))
                 self._changed.notify_all()
         with self._changed:
+            self._eof = True
             self._changed.notify_all()
 
     @property
@@ -82,7 +84,14 @@ class ServerProcess:
                 found = [m for m in map(regex.search, self.lines) if m]
                 if len(found) >= count:
                     return found[count - 1]
-                if self.proc.poll() is not None and not self._reader.is_alive():
+                if self._eof:
+                    # The output ended without a match. Not "poll() and the reader gone": at the
+                    # reader's last notification neither is true yet, and the next wake-up came only
+                    # with the timeout (a refused start waited 60 s, then was reported as silent).
+                    try:
+                        self.proc.wait(START_TIMEOUT)
+                    except subprocess.TimeoutExpired:
+                        pass
                     raise AssertionError(
                         f"{self.args} exited ({self.proc.returncode}) before {pattern!r}:\n{self.output_unlocked()}"
                     )
