@@ -85,6 +85,7 @@ from ._plan import (
     current_platform,
     make_plan,
 )
+from ._wildcard import HOLDS_WILDCARDS
 
 __all__ = ["ENV_ALLOW", "ENV_VAR", "MODES", "GuardMode", "activate_from_environment", "current_mode", "exempt", "guard"]
 
@@ -635,7 +636,10 @@ def _late_option(sock: Any, args: tuple[Any, ...]) -> bool:
     # listener, which the POSIX plans allow: that call stops here.)
     if not isinstance(sock, _CSocket):
         return False
-    rule = _state.late.get((_type_of(sock) & ~_TYPE_FLAGS, args[1]))
+    kind = _type_of(sock) & ~_TYPE_FLAGS
+    if kind == socket.SOCK_STREAM and HOLDS_WILDCARDS:
+        _adopt_if_listening(sock)
+    rule = _state.late.get((kind, args[1]))
     if rule is None or getattr(_local, "busy", False) or _EXEMPT.get():
         return False
     _local.busy = True
@@ -647,6 +651,31 @@ def _late_option(sock: Any, args: tuple[Any, ...]) -> bool:
         return False
     finally:
         _local.busy = False
+
+
+def _adopt_if_listening(sock: Any) -> None:
+    """A sharing option set on a TCP socket that listens already and is not known yet: hold for it as at ``listen()``.
+
+    gunicorn's re-executed master (its USR2 upgrade) never calls ``listen()``
+    on the listener it inherits, which listens already, but sets
+    ``SO_REUSEADDR`` on it: the only call of the guard's it passes. One
+    ``getsockopt`` (``SO_ACCEPTCONN``) per such call on a TCP socket.
+    """
+    if getattr(_local, "busy", False) or _EXEMPT.get():
+        return
+    _local.busy = True
+    try:
+        problem = _guard_holds.on_listening(sock, _state.mode)
+    except Exception:  # noqa: BLE001 - as in _hook: our trouble must not break someone's setsockopt
+        problem = None
+    finally:
+        _local.busy = False
+    if problem is not None:
+        refusal = f"refused setsockopt() on a {problem}"
+        if _state.mode == "raise":
+            raise ExclusivityError(refusal)
+        caller = sys._getframe(3)  # _adopt_if_listening <- _late_option <- setsockopt wrapper <- its caller
+        _warn(f"a {problem}", _origin(caller), refusal)
 
 
 def _check_late_option(sock: Any, args: tuple[Any, ...]) -> bool:

@@ -35,12 +35,15 @@ wraps them on the Python class (``socket.socket``), like ``setsockopt``:
   left there, or fails with ``EADDRINUSE``, which the program sees. If that
   socket is closed without listening, the hold is bound again.
 
-Pre-forking servers (gunicorn, uvicorn and hypercorn with workers) bind and
-listen in the parent, which keeps its socket object for its whole life: the
-hold in the parent protects the workers' shared listener. A worker that
-receives the socket (spawned, or ``fromfd``) and calls ``listen`` again finds
-it listening already; its hold attempt fails against the parent's hold and
-that is not reported (the socket was judged when it first listened).
+Pre-forking servers (gunicorn, uvicorn and hypercorn with workers) listen
+in one process, which holds for all of them. A process that is given a socket
+that listens already (a spawned worker, gunicorn's re-executed master after a
+USR2 upgrade) and calls ``listen`` again (or, gunicorn's master, sets
+``SO_REUSEADDR`` on it) cannot bind its hold next to the one that process
+has: it is not reported when the holder is of this user (``/proc/net``), but
+the listener is registered and a daemon thread tries the hold again
+(`_want`), so the port is held again once the other process lets go (the
+old master exits). Before, the port was left unheld after a hand-off.
 """
 
 from __future__ import annotations
@@ -51,6 +54,7 @@ import os
 import socket
 import sys
 import threading
+import time
 import weakref
 from collections.abc import Callable
 from types import FrameType
@@ -170,6 +174,88 @@ def _own_socket_on(family: int, port: int) -> bool:
     return False
 
 
+def _foreign_holder(family: int, port: int) -> bool:
+    """Is *family*'s wildcard on *port* bound by a socket of another user (``/proc/net``'s uid column)?
+
+    Asked only when a listener that listens already (inherited, handed
+    over) cannot get its hold: rare, so reading the tables is affordable.
+    Unreadable tables answer False, as before this was asked.
+    """
+    from ._procnet import read_sockets
+
+    try:
+        rows = read_sockets(("tcp", "tcp6"), ports=[port])
+    except OSError:
+        return False
+    me = os.geteuid()
+    wildcards = {"::"} | ({"0.0.0.0", "::ffff:0.0.0.0"} if family == _AF_INET else set())
+    # Bound sockets without a peer (a hold is CLOSE, a listener LISTEN); a dual-stack [::] counts for both.
+    return any(row.uid != me and row.address in wildcards and not row.connected for row in rows)
+
+
+# Listeners of this process whose other family's wildcard another process of
+# this user holds (a hand-off's old process, a pre-fork parent or sibling):
+# port -> the family to hold. A daemon thread binds the hold as soon as it can
+# (every _RETRY_EVERY seconds), so the port is not left unheld when that
+# process lets go. No system call, no thread, while this is empty.
+_wanted: dict[int, int] = {}
+_retrying = False
+_RETRY_EVERY = 0.05
+
+
+def _want(port: int, family: int) -> None:
+    global _retrying  # noqa: PLW0603 - one flag: is the retry thread running?
+    _wanted[port] = family
+    if not _retrying:
+        _retrying = True
+        threading.Thread(target=_retry_holds, name="aioexclusive-guard-holds", daemon=True).start()
+
+
+def _retry_holds() -> None:
+    """The retry thread: bind each wanted hold once its family's wildcard is free; end when none is wanted."""
+    global _retrying  # noqa: PLW0603
+    _guard.local.busy = True  # its binds are the guard's own holds: not judged (this thread's flag only)
+    pid = os.getpid()
+    while True:
+        time.sleep(_RETRY_EVERY)
+        with _lock:
+            if not _wanted or os.getpid() != pid:
+                _retrying = False
+                return
+            retry_wanted()
+
+
+def retry_wanted() -> None:
+    """One round of the retry thread (under the lock): bind the wanted holds that can be bound now."""
+    for port, family in list(_wanted.items()):
+        entry = _ports.get(port)
+        if entry is None or not entry.listeners:
+            del _wanted[port]
+            continue
+        covered = {record[1] for record in entry.listeners.values()}
+        covered |= {f for _, p, f in _pending.values() if p == port}
+        if family in covered or family in entry.holds:
+            del _wanted[port]
+            continue
+        try:
+            entry.holds[family] = _bind_hold(family, port)
+        except OSError:
+            continue  # still held by the other process (or taken: the next round tries again)
+        del _wanted[port]
+
+
+def on_listening(sock: Any, mode: str) -> str | None:
+    """`on_listen` for *sock* if it listens already and is not one of ours yet (a listener handed over), else None."""
+    if not HOLDS_WILDCARDS or _SO_ACCEPTCONN is None or id(sock) in _watched or isinstance(sock, HeldListener):
+        return None
+    try:
+        if not _getsockopt(sock, socket.SOL_SOCKET, _SO_ACCEPTCONN):
+            return None  # not listening yet: its listen() is where it is judged
+    except OSError:
+        return None
+    return on_listen(sock, mode)
+
+
 def on_listen(sock: Any, mode: str) -> str | None:
     """Hold the other family's wildcard for *sock*, which is about to listen; a problem to report, or None.
 
@@ -208,9 +294,15 @@ def on_listen(sock: Any, mode: str) -> str | None:
         except OSError as exc:
             if exc.errno != errno.EADDRINUSE:
                 return None  # no IPv6 on this host (EADDRNOTAVAIL...): nothing to take over through
-            if listening or _own_socket_on(other, port):
-                # Listening already: a worker given its parent's socket (the parent holds).
-                # Bound by a socket of ours: it covers the family itself.
+            if _own_socket_on(other, port):
+                return None  # bound by a socket of this process: it covers the family itself
+            if listening and not _foreign_holder(other, port):
+                # Listening already, and the other family's wildcard is held by another process of this
+                # user: a worker given its parent's socket (the parent holds), or a listener handed over
+                # to a new process (gunicorn's USR2 upgrade) while the old one still holds. The holder
+                # may go first (the old master exits): take the hold over then (`_want`).
+                _register(sock, port, family)
+                _want(port, other)
                 return None
             return _problem(family, port, "is taken by a socket outside this process")
         _ports.setdefault(port, _Port()).holds[other] = hold
@@ -381,6 +473,7 @@ def _rehold(port: int) -> None:
         for hold in entry.holds.values():
             hold.close()
         del _ports[port]
+        _wanted.pop(port, None)
         return
     covered = {record[1] for record in entry.listeners.values()}
     covered |= {f for _, p, f in _pending.values() if p == port}  # a pending bind covers its family itself
@@ -571,9 +664,12 @@ def after_fork_in_child() -> None:
     (Counting in the parent too left the parent's port unheld after any fork.)
     A new lock: a fork while another thread held it must not deadlock the child.
     """
-    global _forks, _lock  # noqa: PLW0603 - a counter, and a lock replaced, not mutated
+    global _forks, _lock, _retrying  # noqa: PLW0603 - a counter, a lock replaced, not mutated, a flag
     _forks += 1
     _lock = threading.RLock()
+    # The retry thread stays in the parent, whose listeners these are.
+    _wanted.clear()
+    _retrying = False
 
 
 if hasattr(os, "register_at_fork"):

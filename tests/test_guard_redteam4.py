@@ -23,6 +23,7 @@ import shutil
 import socket
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -32,7 +33,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 if __name__ == "__main__":  # the re-run inside a network namespace: helpers as pytest's pythonpath gives them
     sys.path.insert(0, HERE)
 
-from attacker import NOBODY, FastPathAttacker, accept_waiting, become_stranger, on_cpu_0  # noqa: E402
+from attacker import NOBODY, Attacker, FastPathAttacker, accept_waiting, become_stranger, on_cpu_0  # noqa: E402
 from harness import IS_ROOT, port_free_on_both_families  # noqa: E402
 
 import aioexclusive  # noqa: E402
@@ -282,6 +283,138 @@ def test_loop_serves_a_sock_on_the_ipv4_mapped_wildcard_as_asyncio() -> None:
             await server.wait_closed()
 
     assert asyncio.run(main()) == aioexclusive.run(main()) == (MAPPED_ANY, True)
+
+
+# -- F4: a listener handed over to a new process ------------------------------------------------
+
+# The old process: listens on 0.0.0.0:PORT (the guard holds [::]:PORT here), starts the new process with the
+# listener's descriptor (its stdout and stderr are ours), relays its first line, closes and exits on a line.
+HANDOFF_OLD = r"""
+import os, socket, subprocess, sys
+port, new_code, new_mode, how = int(sys.argv[1]), sys.argv[2], sys.argv[3], sys.argv[4]
+sock = socket.socket()
+sock.bind(("0.0.0.0", port))
+sock.listen(64)
+env = {k: v for k, v in os.environ.items() if k != "AIOEXCLUSIVE_GUARD"}
+if new_mode != "none":
+    env["AIOEXCLUSIVE_GUARD"] = new_mode
+new = subprocess.Popen([sys.executable, "-c", new_code, str(sock.fileno()), how], pass_fds=[sock.fileno()],
+                       stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, env=env)
+print(new.stdout.readline().decode().strip(), flush=True)
+sys.stdin.readline()
+sock.close()
+"""
+# The new process takes the descriptor and, "listen", listens on it again, or, "gunicorn", does what gunicorn's
+# re-executed master does (gunicorn 27, sock.py set_options): sets SO_REUSEADDR, listens only if it does not yet.
+HANDOFF_NEW = r"""
+import os, socket, sys, time
+fd, how = int(sys.argv[1]), sys.argv[2]
+sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, fileno=fd)
+if how == "gunicorn":
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    if not sock.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN):
+        sock.listen(64)
+else:
+    sock.listen(64)
+print("READY", os.getpid(), flush=True)
+time.sleep(120)
+"""
+
+
+def _bindable6(port: int) -> bool:
+    """Can [::]:port (IPv6-only, with SO_REUSEADDR to get past TIME_WAIT) be bound? A hold refuses it."""
+    with socket.socket(socket.AF_INET6, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        probe.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+        try:
+            probe.bind(("::", port))
+        except OSError:
+            return False
+    return True
+
+
+@pytest.fixture
+def handoff() -> Iterator[Any]:
+    """start(new_mode, how): the hand-off (old process under enforce, the new one under *new_mode*), (port, old)."""
+    started: list[subprocess.Popen[str]] = []
+
+    def start(new_mode: str, how: str, port: int = 0, old_mode: str | None = "enforce") -> tuple[int, Any]:
+        port = port or port_free_on_both_families()
+        old = subprocess.Popen(  # noqa: S603 - our own interpreter and scripts
+            [sys.executable, "-c", HANDOFF_OLD, str(port), HANDOFF_NEW, new_mode, how],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=_env(old_mode),
+            start_new_session=True,  # the new process joins this group: killed with it
+        )
+        started.append(old)
+        assert old.stdout is not None
+        ready = old.stdout.readline().split()
+        assert ready[:1] == ["READY"], ready
+        assert not _bindable6(port), "[::] is held (by the old process for its 0.0.0.0 listener)"
+        return port, old
+
+    yield start
+    for old in started:
+        if old.stdout is not None and not old.stdout.closed:
+            _end(old)  # the new process too (it may outlive the old one), and the pipes they share
+
+
+def _end(old: subprocess.Popen[str]) -> str:
+    """Kills the hand-off's process group (the old and the new process); their stderr."""
+    try:
+        os.killpg(old.pid, 9)
+    except ProcessLookupError:
+        pass
+    return old.communicate()[1]
+
+
+def _old_lets_go(old: subprocess.Popen[str]) -> None:
+    assert old.stdin is not None
+    old.stdin.write("\n")
+    old.stdin.flush()
+    old.wait(timeout=20)
+
+
+@needs_root
+@pytest.mark.parametrize("how", ["listen", "gunicorn"])
+def test_guard_takes_the_hold_over_after_a_handoff(handoff: Any, how: str) -> None:
+    """gunicorn's USR2 upgrade in small: the new process takes the inherited listener while the old one
+    holds [::]; once the old one closes and exits, the new one holds it (it could not before)."""
+    port, old = handoff("enforce", how)
+    _old_lets_go(old)
+    deadline = time.monotonic() + 10
+    while _bindable6(port):  # not a timed assertion: waits for the new process, fails only if it never holds
+        assert time.monotonic() < deadline, "the new process never took the hold over"
+        time.sleep(0.02)
+    line, stolen = _two_step(port)
+    assert line == REFUSED, (line, stolen)
+
+
+@needs_root
+def test_control_a_handed_over_listener_is_taken_without_the_guard_in_the_new_process(handoff: Any) -> None:
+    port, old = handoff("none", "listen")
+    _old_lets_go(old)
+    line, stolen = _two_step(port)
+    assert line == "ok" and stolen > 0, (line, stolen)
+
+
+@needs_root
+def test_guard_reports_a_handed_over_listener_whose_other_side_another_user_has(
+    handoff: Any, other_user_attacker: Attacker
+) -> None:
+    """The new process gets a listening socket while uid 65534 sits on [::] (SO_REUSEPORT): it says so (it was
+    silent: "listening already" was taken for a worker whose parent holds)."""
+    port = port_free_on_both_families()
+    assert other_user_attacker.try_bind("tcp", 6, "::", port, ("SO_REUSEPORT",)).ok
+    try:
+        _, old = handoff("enforce", "listen", port, old_mode=None)
+        err = _end(old)
+    finally:
+        other_user_attacker.collect(wait=0)
+    assert "ExclusivityWarning" in err and f"[::]:{port} is taken by a socket outside this process" in err, err
 
 
 # -- F6: TCP listeners bound to one interface (in a network namespace of our own) ---------------
