@@ -577,8 +577,9 @@ def probe(host: str, port: int, *, udp: bool = False, users: list[str] | None = 
             served_by.setdefault(address, []).append(wildcard)
             if wildcard not in targets:
                 targets.append(wildcard)
-    holders = [h for address in targets for h in find_holders(proto.upper(), address, port)]
-    owners = [o for address in targets for o in _proc_owners(proto, address, port)]
+    # The same holder once, though a specific address and its wildcard both name it.
+    holders = list({str(h): h for address in targets for h in find_holders(proto.upper(), address, port)}.values())
+    owners = list({(o.pid, o.uid): o for address in targets for o in _proc_owners(proto, address, port)}.values())
     # The service's uid: psutil's answer, or the kernel's socket table (no
     # psutil needed; SO_REUSEPORT shares within one uid, so it must be tried).
     holder_uids = {h.uid for h in holders if h.uid is not None} | {o.uid for o in owners if o.uid is not None}
