@@ -207,8 +207,11 @@ def _want(port: int, family: int) -> None:
     global _retrying  # noqa: PLW0603 - one flag: is the retry thread running?
     _wanted[port] = family
     if not _retrying:
+        try:
+            threading.Thread(target=_retry_holds, name="aioexclusive-guard-holds", daemon=True).start()
+        except RuntimeError:
+            return  # interpreter shutting down: no thread to start; the next _want tries again
         _retrying = True
-        threading.Thread(target=_retry_holds, name="aioexclusive-guard-holds", daemon=True).start()
 
 
 def _retry_holds() -> None:
