@@ -358,6 +358,50 @@ def audit_socket(sock: Any, plan: BindPlan) -> None:
             device = bound_device(view)
             if device:
                 raise device_bound_refusal(f"the socket given as sock= ({address})", device)
+            if _REFUSES_DEVICE_BOUND and "SO_REUSEPORT" in plan.never and _joinable_by_this_user(view, address):
+                raise ExclusivityError(
+                    f"the socket passed as sock= on {address} can be joined by any SO_REUSEPORT socket of the "
+                    "same user, although it reads SO_REUSEPORT=0: the option was set on it (or on an earlier "
+                    "socket of this user on the port) and the Linux kernel keeps the port open to this user's "
+                    "SO_REUSEPORT sockets after it is cleared. Create it without SO_REUSEPORT: "
+                    "aioexclusive.bind_socket() does it right, or let the loop bind (pass host/port instead of sock)."
+                )
+
+
+def _joinable_by_this_user(view: Any, address: Any) -> bool:
+    """Can a ``SO_REUSEPORT`` socket of this user bind *view*'s TCP address next to it? Asked of the kernel.
+
+    The Linux kernel records in the port's bind bucket that a ``SO_REUSEPORT``
+    socket of this user joined it, and keeps the record when the option is
+    cleared afterwards (``getsockopt`` then reads 0): a later ``SO_REUSEPORT``
+    bind of the same user skips the conflict check. Only a bind shows it: a
+    trial socket, never listening, closed at once. A trial that fails changes
+    nothing in the kernel; one that binds means the port was open already.
+    """
+    if not (isinstance(address, tuple) and len(address) >= 2 and address[1]):
+        return False  # not bound to a port: nothing to join yet
+    try:
+        family = _family_of(view)
+    except TypeError:
+        return False  # no descriptor of its own: the base loop refuses it in its own words
+    if family not in (socket.AF_INET, socket.AF_INET6):
+        return False
+    try:
+        trial = socket.socket(family, socket.SOCK_STREAM)
+    except OSError:
+        return False
+    try:
+        trial.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        if family == socket.AF_INET6:
+            trial.setsockopt(
+                socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, view.getsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY)
+            )
+        trial.bind(address)
+    except OSError:
+        return False
+    finally:
+        trial.close()
+    return True
 
 
 _SO_DOMAIN = getattr(socket, "SO_DOMAIN", None)
