@@ -230,7 +230,7 @@ _DEVICE_TARGET = "the service's address on its interface after a priming bind on
 
 
 def _device_plans(address: str, proto: str) -> tuple[list[_Plan], str | None]:
-    """The device-bound takeover (red team 4, F6), and why it cannot be tried here (``None`` if it can).
+    """The device-bound takeover (red team 4, F6), and a note when nobody can perform it here (else ``None``).
 
     A TCP listener bound to one interface (SO_BINDTODEVICE, or a link-local
     address's scope id) conflicts only with sockets of no interface or of its
@@ -251,11 +251,13 @@ def _device_plans(address: str, proto: str) -> tuple[list[_Plan], str | None]:
     # The prime must be tried on an interface the listener is surely not bound to: one other than the
     # address's own, or, when that is not known, two (the listener can be bound to one of them only).
     if len(others) < (1 if own else 2):
+        # Not "unknown": the attack needs a second interface to prime on, and without one nobody here
+        # (no user without CAP_NET_ADMIN in this namespace) can perform it, against any listener.
         return [], (
-            f"the device-bound takeover of {address} could not be tried: it needs a network interface other than "
+            f"the device-bound takeover of {address} was not tried: it needs a network interface other than "
             f"{own or 'the one the listener may be bound to'} to prime on, and this network namespace has "
-            f"{'none' if not others else 'only ' + others[0]} (a listener bound to one interface cannot be told "
-            "from one bound to none)"
+            f"{'none' if not others else 'only ' + others[0]}, so nobody can perform it here now (if an interface "
+            "is added, a listener bound to one interface becomes open to it: the audit reads SO_BINDTODEVICE)"
         )
     # (prime, thief, thief's IPV6_V6ONLY): the service's own family's wildcard, then the service's address;
     # for a wildcard service also the two-step's shape (the other family's wildcard, then a dual-stack [::]),
@@ -588,13 +590,14 @@ def probe(host: str, port: int, *, udp: bool = False, users: list[str] | None = 
     identities = _identities(users, holder_uids)
     attempts: list[Attempt] = []
     unknown: list[str] = []
+    notes: list[str] = []
     plans_of: dict[str, list[_Plan]] = {}
     for address in targets:
         # The device-bound takeover last: a prime that passes leaves the fast-reuse record for this uid.
-        device_plans, untried = _device_plans(address, proto)
+        device_plans, not_here = _device_plans(address, proto)
         plans_of[address] = _plans(address, proto) + device_plans
-        if untried is not None:
-            unknown.append(untried)
+        if not_here is not None:
+            notes.append(not_here)
     try:
         for identity in identities:
             found = False
@@ -682,6 +685,8 @@ def probe(host: str, port: int, *, udp: bool = False, users: list[str] | None = 
         "findings": [_meaning(a, proto) for a in findings],
         # Attacks that could not be tried: without a finding the answer is "unknown" (exit 2), never "exclusive".
         "unknown": [] if findings else unknown,
+        # Attacks nobody can perform in this network namespace now, and why.
+        "notes": notes,
         "exit": 1 if findings else (2 if unknown else 0),
     }
 
@@ -697,6 +702,8 @@ def _show(out: Out, report: dict[str, Any]) -> None:
     )
     for note in report["not_held"]:
         out.line(f"skipped: {note}", "note")
+    for note in report.get("notes", []):
+        out.line(f"note: {note}", "note")
     for address, wildcards in report.get("served_by", {}).items():
         out.line(
             f"{address} has no listener of its own: {' and '.join(wildcards)} port {report['port']} serves it, "
