@@ -614,7 +614,8 @@ def _wrap_setsockopt() -> None:
     inner = socket.socket.setsockopt
     if getattr(inner, "__aioexclusive_guard__", False):
         return
-    watched = frozenset(_OPTION_NAMES)
+    # And SO_BINDTODEVICE (Linux): a listener bound to one interface afterwards (`_late_device`).
+    watched = frozenset(_OPTION_NAMES) | ({_SO_BINDTODEVICE} if HOLDS_WILDCARDS and _SO_BINDTODEVICE else set())
     sol_socket = socket.SOL_SOCKET
 
     def setsockopt(self: socket.socket, *args: Any) -> None:
@@ -636,6 +637,9 @@ def _late_option(sock: Any, args: tuple[Any, ...]) -> bool:
     # listener, which the POSIX plans allow: that call stops here.)
     if not isinstance(sock, _CSocket):
         return False
+    if args[1] == _SO_BINDTODEVICE:
+        _late_device(sock, args[2])
+        return False
     kind = _type_of(sock) & ~_TYPE_FLAGS
     if kind == socket.SOCK_STREAM and HOLDS_WILDCARDS:
         _adopt_if_listening(sock)
@@ -651,6 +655,41 @@ def _late_option(sock: Any, args: tuple[Any, ...]) -> bool:
         return False
     finally:
         _local.busy = False
+
+
+_SO_BINDTODEVICE = getattr(socket, "SO_BINDTODEVICE", 25) if sys.platform.startswith("linux") else None
+
+
+def _late_device(sock: Any, value: Any) -> None:
+    """``SO_BINDTODEVICE`` set on a TCP socket that listens already: judged as `listen()` judges a device-bound one.
+
+    Before ``listen()`` nothing is judged here: the ``listen`` wrapper reads the
+    option then. ``raise`` refuses the call (the option is not set); ``enforce``
+    and ``warn`` warn and let it be set (clearing it would open the listener
+    to every interface).
+    """
+    if getattr(_local, "busy", False) or _EXEMPT.get() or isinstance(value, int):
+        return
+    try:
+        device = memoryview(value).tobytes().split(b"\0", 1)[0].decode("ascii", "replace")
+    except TypeError:
+        return  # the call fails on its own
+    if not device:
+        return  # unbinding from the interface
+    _local.busy = True
+    try:
+        refusal = _guard_holds.device_refusal(sock, _state.mode, device, listening_only=True)
+    except Exception:  # noqa: BLE001 - as in _hook: our trouble must not break someone's setsockopt
+        refusal = None
+    finally:
+        _local.busy = False
+    if refusal is None:
+        return
+    if _state.mode == "raise":
+        raise refusal
+    caller = sys._getframe(3)  # _late_device <- _late_option <- setsockopt wrapper <- its caller
+    cannot = "" if _state.mode == "warn" else "; guard('enforce') cannot fix this and lets it be set"
+    _warn(f"{refusal}{cannot}", _origin(caller), f"refused setsockopt(SO_BINDTODEVICE): {refusal}")
 
 
 def _adopt_if_listening(sock: Any) -> None:

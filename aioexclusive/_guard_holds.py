@@ -330,23 +330,29 @@ class _View:
 _device_reported: weakref.WeakSet[Any] = weakref.WeakSet()
 
 
-def device_refusal(sock: Any, mode: str) -> ExclusivityError | None:
+def device_refusal(
+    sock: Any, mode: str, device: str | None = None, *, listening_only: bool = False
+) -> ExclusivityError | None:
     """The refusal of *sock*, a TCP socket about to listen, if it is bound to one network interface (Linux).
 
     Such a listener is taken over by any user (`_binding.device_bound_refusal`
     says how) and no hold can protect it. ``raise`` refuses the listen with
     this error; ``enforce`` cannot fix it and ``warn`` only reports: both warn
     once per socket (None when reported already, or not device-bound).
+    *device*: the interface it is about to be bound to (a late
+    ``SO_BINDTODEVICE``), judged only if it listens already (*listening_only*).
     """
     if not _ON_LINUX or not isinstance(sock, _CSocket) or _type_of(sock) & ~_TYPE_FLAGS != _STREAM:
         return None
     family = int(_family_of(sock))
     if family not in _OTHER:
         return None
+    if listening_only and not (_SO_ACCEPTCONN is not None and _getsockopt(sock, socket.SOL_SOCKET, _SO_ACCEPTCONN)):
+        return None  # judged at its listen()
     from ._binding import bound_device, device_bound_refusal
 
     # SO_BINDTODEVICE, or the interface a link-local address's scope id bound it to (the kernel reports both).
-    device = bound_device(_View(sock))
+    device = device or bound_device(_View(sock))
     if not device or (mode != "raise" and sock in _device_reported):
         return None
     try:

@@ -66,6 +66,8 @@ def listener(cfg, port):
     address = (cfg["host"], port, 0, socket.if_nametoindex(cfg["scope"])) if cfg.get("scope") else (cfg["host"], port)
     sock.bind(address)
     sock.listen(64)
+    if cfg.get("device_after"):  # bound to the interface only once it listens
+        sock.setsockopt(socket.SOL_SOCKET, 25, cfg["device_after"].encode())
     return sock
 try:
     socks = [listener(cfg, cfg["port"])]
@@ -499,11 +501,14 @@ def _device_scenarios() -> dict[str, Any]:
     out: dict[str, Any] = {}
     port = 41000
     for mode in DEVICE_MODES:
-        for kind in ("bindtodevice", "link-local"):
+        for kind in ("bindtodevice", "link-local", "late-bindtodevice"):
             port += 1
             if kind == "bindtodevice":
                 victim = Victim(mode, host="127.0.0.1", port=port, device="lo")
                 how: tuple[str, tuple[Any, ...], bytes | None] = ("0.0.0.0", ("127.0.0.1", port), b"lo")
+            elif kind == "late-bindtodevice":
+                victim = Victim(mode, host="127.0.0.1", port=port, device_after="lo")
+                how = ("0.0.0.0", ("127.0.0.1", port), b"lo")
             else:
                 victim = Victim(mode, host=LINK_LOCAL, port=port, scope="other1")
                 how = ("::", (LINK_LOCAL, port, 0, scope), None)
@@ -535,7 +540,7 @@ def device_scenarios() -> dict[str, Any]:
     return result
 
 
-@pytest.mark.parametrize("kind", ["bindtodevice", "link-local"])
+@pytest.mark.parametrize("kind", ["bindtodevice", "link-local", "late-bindtodevice"])
 def test_control_a_device_bound_listener_is_taken_without_the_guard(
     device_scenarios: dict[str, Any], kind: str
 ) -> None:
@@ -544,15 +549,15 @@ def test_control_a_device_bound_listener_is_taken_without_the_guard(
     assert got["attack"][0] == "ok" and got["attack"][1] > 0, got
 
 
-@pytest.mark.parametrize("kind", ["bindtodevice", "link-local"])
+@pytest.mark.parametrize("kind", ["bindtodevice", "link-local", "late-bindtodevice"])
 def test_guard_raise_refuses_a_device_bound_listener(device_scenarios: dict[str, Any], kind: str) -> None:
     got = device_scenarios[f"{kind}-raise"]
     assert got["first"].startswith("ERROR ExclusivityError"), got
     assert "bound to one network interface" in got["first"], got
-    assert ("on lo)" if kind == "bindtodevice" else "on other1)") in got["first"], got
+    assert ("on other1)" if kind == "link-local" else "on lo)") in got["first"], got
 
 
-@pytest.mark.parametrize("kind", ["bindtodevice", "link-local"])
+@pytest.mark.parametrize("kind", ["bindtodevice", "link-local", "late-bindtodevice"])
 @pytest.mark.parametrize("mode", ["enforce", "warn"])
 def test_guard_reports_a_device_bound_listener_it_cannot_fix(
     device_scenarios: dict[str, Any], kind: str, mode: str
