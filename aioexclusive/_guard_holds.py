@@ -187,10 +187,12 @@ def _foreign_holder(family: int, port: int) -> bool:
         rows = read_sockets(("tcp", "tcp6"), ports=[port])
     except OSError:
         return False
-    me = os.geteuid()
+    # Root's are not another user's: a server that starts as root and drops its privileges (its hold was
+    # made before) is one program; and root can do anything to the port anyway.
+    mine = {os.geteuid(), 0}
     wildcards = {"::"} | ({"0.0.0.0", "::ffff:0.0.0.0"} if family == _AF_INET else set())
     # Bound sockets without a peer (a hold is CLOSE, a listener LISTEN); a dual-stack [::] counts for both.
-    return any(row.uid != me and row.address in wildcards and not row.connected for row in rows)
+    return any(row.uid not in mine and row.address in wildcards and not row.connected for row in rows)
 
 
 # Listeners of this process whose other family's wildcard another process of
