@@ -763,7 +763,7 @@ def _open_bound_sockets_once(
                 # (asyncio gives each its own); two addresses of one family
                 # would conflict on one port, so a second one gets its own.
                 sockaddr = _with_port(sockaddr, chosen)
-            hold = _wildcard.take_hold(family, sockaddr[1]) if wildcard else None
+            hold = _wildcard.take_hold(family, sockaddr[1], sockaddr) if wildcard else None
             if hold is not None:
                 # We already hold this wildcard for another of our listeners:
                 # promote that socket instead of releasing it and binding anew,
