@@ -258,12 +258,9 @@ def test_loop_create_server_on_the_ipv4_mapped_wildcard_fails_as_asyncio() -> No
     assert _create_server_error(aioexclusive.run, MAPPED_ANY, None) == expected
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="_binding passes take_hold no address: the [::] hold of a 0.0.0.0 listener is promoted for "
-    "::ffff:0.0.0.0 (asyncio: EINVAL). Needs _wildcard.take_hold(family, port, sockaddr) in _binding.",
-)
 def test_loop_create_server_on_the_ipv4_mapped_wildcard_next_to_a_held_port_fails_as_asyncio() -> None:
+    # _binding hands take_hold the address: the [::] hold of a 0.0.0.0 listener is not promoted for
+    # ::ffff:0.0.0.0, which is bound as asyncio binds it (EINVAL with IPV6_V6ONLY).
     expected = _create_server_error(asyncio.run, MAPPED_ANY, "0.0.0.0")
     assert expected[0] == errno.EINVAL, expected
     assert _create_server_error(aioexclusive.run, MAPPED_ANY, "0.0.0.0") == expected
@@ -569,6 +566,21 @@ def test_guard_reports_a_device_bound_listener_it_cannot_fix(
     assert "bound to one network interface" in got["err"], got["err"]
     assert ("cannot fix" in got["err"]) == (mode == "enforce"), got["err"]
     assert got["attack"][0] == "ok", got  # what the warning says
+
+
+def test_bind_socket_after_an_ipv4_mapped_listener_closed_gives_an_ipv4_socket() -> None:
+    """::ffff:0.0.0.0 and [::] on one port; the mapped one closes: its socket (AF_INET6) must not become the
+    IPv4 hold that a later 0.0.0.0 listener is promoted from (that listener would be an AF_INET6 socket)."""
+    port = port_free_on_both_families()
+    mapped = aioexclusive.bind_socket((MAPPED_ANY, port), dualstack_ipv6=True)
+    ipv6 = aioexclusive.bind_socket(("::", port), family=socket.AF_INET6)
+    try:
+        mapped.close()
+        with aioexclusive.bind_socket(("0.0.0.0", port)) as ipv4:
+            assert (ipv4.family, ipv4.getsockname()) == (socket.AF_INET, ("0.0.0.0", port))
+    finally:
+        mapped.close()
+        ipv6.close()
 
 
 if __name__ == "__main__" and sys.argv[1:] == ["device"]:
