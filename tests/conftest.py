@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import sys
 import tempfile
 from collections.abc import Iterator
@@ -22,6 +23,12 @@ _ATTACKERS: dict[str, Attacker] = {}
 
 
 def pytest_sessionstart(session: pytest.Session) -> None:
+    if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+        # Started in the background by a non-interactive shell, the suite inherits SIGINT ignored, and an
+        # ignored signal stays ignored across exec: every server a test stops with SIGINT (ix_support's
+        # ServerProcess) would sit out its 20 s grace period and be killed. A handler is reset to the
+        # default on exec, so the servers get SIGINT as from a terminal.
+        signal.signal(signal.SIGINT, signal.default_int_handler)
     # Fork the attackers before any test can start a thread (an executor of a
     # finished loop, say): forking a multi-threaded process is unsafe, and
     # Python 3.12+ warns about it.
