@@ -17,7 +17,7 @@ import os
 import socket
 import sys
 import warnings
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence, Set
 from typing import Any
 
 from . import _wildcard
@@ -748,7 +748,7 @@ def _open_bound_sockets_once(
     # Which addresses are wildcard TCP listeners, decided once: only they are held.
     wildcards = [holds and info[1] == socket.SOCK_STREAM and _wildcard.is_wildcard(info[0], info[4]) for info in infos]
     picker = (
-        _pick_port(infos, plan)
+        _pick_port(infos, plan, _families_to_hold(infos, wildcards))
         # Listeners can bind next to the picker only when both have SO_REUSEADDR
         # (not with reuse_address=False), and only wildcards are ever demoted.
         if same_port and True in wildcards and ("SO_REUSEADDR", 1) in plan.set
@@ -811,7 +811,50 @@ def _open_bound_sockets_once(
         raise
 
 
-def _pick_port(infos: list[AddrInfo], plan: BindPlan) -> socket.socket | None:
+# How many ports `_pick_port` asks the hold's family for, when the first pick does not fit the hold.
+_PICKS = 8
+_OTHER_FAMILY = {int(socket.AF_INET): int(socket.AF_INET6), int(socket.AF_INET6): int(socket.AF_INET)}
+_WILDCARD_OF = {int(socket.AF_INET): "0.0.0.0", int(socket.AF_INET6): "::"}
+
+
+def _families_to_hold(infos: list[AddrInfo], wildcards: list[bool]) -> set[int]:
+    """The families `_wildcard.protect` will hold for these listeners: the other family of a one-family
+    wildcard, unless one of the addresses is of that family already."""
+    present = {int(info[0]) for info in infos}
+    return {
+        _OTHER_FAMILY[int(info[0])]
+        for info, wildcard in zip(infos, wildcards)
+        if wildcard and int(info[0]) in _OTHER_FAMILY
+    } - present
+
+
+def _hold_shaped(family: int, port: int) -> socket.socket:
+    """A socket bound as the hold binds (*family*'s wildcard, IPv6-only, no option) on *port*; never listens.
+
+    Bound and closed without SO_REUSEPORT, it leaves no bucket record for
+    anyone (its joining the bucket clears one).
+    """
+    trial = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        if family == socket.AF_INET6:
+            trial.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+        trial.bind((_WILDCARD_OF[family], port))
+    except BaseException:
+        trial.close()
+        raise
+    return trial
+
+
+def _hold_fits(port: int, family: int) -> bool:
+    """Can the hold on *family*'s side of *port* be bound now? Only an address in use says no."""
+    try:
+        _hold_shaped(family, port).close()
+    except OSError as exc:
+        return not is_address_in_use(exc)
+    return True
+
+
+def _pick_port(infos: list[AddrInfo], plan: BindPlan, hold: Set[int] = frozenset()) -> socket.socket | None:
     """A socket bound to port 0 at the first address, so that every listener binds an explicit port.
 
     On Linux a listener the kernel gave its port (bound to port 0) leaves the
@@ -820,7 +863,40 @@ def _pick_port(infos: list[AddrInfo], plan: BindPlan) -> socket.socket | None:
     So the port is picked by this socket, which has the listeners' own options
     (``SO_REUSEADDR``: they can bind next to it, it never listens) and is
     closed once they listen.
+
+    The kernel picks a port free for the picker's family only. When the other
+    family's wildcard will be held (*hold*) and cannot be bound on that port
+    (connections in TIME_WAIT on that side of it: the hold has no
+    ``SO_REUSEADDR``), the kernel is asked for a port free on the hold's side
+    instead, and the picker is bound there. Without this, a host whose other
+    family's ports are busy failed a port-0 ``create_server`` the base loop serves.
     """
+    picker = _one_picker(infos, plan)
+    if picker is None or len(hold) != 1:
+        return picker
+    (family,) = hold
+    if _hold_fits(picker.getsockname()[1], family):
+        return picker
+    picker.close()
+    # Kept bound until the end, so that the kernel does not offer their ports again.
+    trials: list[socket.socket] = []
+    try:
+        for _ in range(_PICKS):
+            try:
+                trials.append(_hold_shaped(family, 0))
+            except OSError:
+                break
+            picker = _one_picker(infos, plan, trials[-1].getsockname()[1])
+            if picker is not None:
+                return picker
+    finally:
+        for trial in trials:
+            trial.close()
+    return _one_picker(infos, plan)  # as before: the hold's own bind reports the port in use
+
+
+def _one_picker(infos: list[AddrInfo], plan: BindPlan, port: int = 0) -> socket.socket | None:
+    """The picker bound at the first port-0 address, on *port* (0: the kernel's choice); None if it cannot be."""
     for family, type_, proto, _, sockaddr in infos:
         if _port_of(sockaddr) != 0:
             continue
@@ -832,7 +908,7 @@ def _pick_port(infos: list[AddrInfo], plan: BindPlan) -> socket.socket | None:
             apply_plan(picker, plan, address=sockaddr)
             if family == socket.AF_INET6:
                 picker.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
-            picker.bind(sockaddr)
+            picker.bind(_with_port(sockaddr, port) if port else sockaddr)
         except OSError:
             picker.close()
             return None  # the listeners' own binds report what is wrong
