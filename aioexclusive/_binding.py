@@ -814,7 +814,6 @@ def _open_bound_sockets_once(
 # How many ports `_pick_port` asks the hold's family for, when the first pick does not fit the hold.
 _PICKS = 8
 _OTHER_FAMILY = {int(socket.AF_INET): int(socket.AF_INET6), int(socket.AF_INET6): int(socket.AF_INET)}
-_WILDCARD_OF = {int(socket.AF_INET): "0.0.0.0", int(socket.AF_INET6): "::"}
 
 
 def _families_to_hold(infos: list[AddrInfo], wildcards: list[bool]) -> set[int]:
@@ -828,27 +827,11 @@ def _families_to_hold(infos: list[AddrInfo], wildcards: list[bool]) -> set[int]:
     } - present
 
 
-def _hold_shaped(family: int, port: int) -> socket.socket:
-    """A socket bound as the hold binds (*family*'s wildcard, IPv6-only, no option) on *port*; never listens.
-
-    Bound and closed without SO_REUSEPORT, it leaves no bucket record for
-    anyone (its joining the bucket clears one).
-    """
-    trial = socket.socket(family, socket.SOCK_STREAM)
-    try:
-        if family == socket.AF_INET6:
-            trial.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
-        trial.bind((_WILDCARD_OF[family], port))
-    except BaseException:
-        trial.close()
-        raise
-    return trial
-
-
 def _hold_fits(port: int, family: int) -> bool:
     """Can the hold on *family*'s side of *port* be bound now? Only an address in use says no."""
     try:
-        _hold_shaped(family, port).close()
+        # Bound and closed without SO_REUSEPORT, it leaves no bucket record for anyone.
+        _wildcard._bind_hold(family, port, socket.socket).close()
     except OSError as exc:
         return not is_address_in_use(exc)
     return True
@@ -883,7 +866,7 @@ def _pick_port(infos: list[AddrInfo], plan: BindPlan, hold: Set[int] = frozenset
     try:
         for _ in range(_PICKS):
             try:
-                trials.append(_hold_shaped(family, 0))
+                trials.append(_wildcard._bind_hold(family, 0, socket.socket))
             except OSError:
                 break
             picker = _one_picker(infos, plan, trials[-1].getsockname()[1])

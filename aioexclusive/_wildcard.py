@@ -259,9 +259,13 @@ def give_back(hold: socket.socket, port: int) -> None:
         entry.holds[int(hold.family)] = hold
 
 
-def _bind_hold(family: int, port: int) -> socket.socket:
-    # A HeldListener, so that once promoted to a listener it reports its close.
-    hold = HeldListener(family, socket.SOCK_STREAM)
+def _bind_hold(family: int, port: int, cls: type[socket.socket] | None = None) -> socket.socket:
+    """*family*'s wildcard bound on *port* as a hold: IPv6-only, no sharing option, never listening.
+
+    A `HeldListener` unless *cls* says otherwise (a trial that is closed at
+    once), so that once promoted to a listener it reports its close.
+    """
+    hold = (cls or HeldListener)(family, socket.SOCK_STREAM)
     try:
         # Deliberately no SO_REUSEADDR and no SO_REUSEPORT: with either, a
         # newcomer with the same option could share the bucket again.

@@ -109,3 +109,51 @@ def warm_up_loops() -> None:
     _warmed = True
     for base in ("asyncio", "uvloop") if HAVE_UVLOOP else ("asyncio",):
         run(asyncio.sleep(0), base)
+
+
+# -- a network namespace of the test's own ---------------------------------------------------------
+
+# The namespace the suite runs in, handed to a re-run inside a new one: it refuses to touch interfaces
+# unless it is somewhere else.
+HOST_NETNS_VAR = "AIOEXCLUSIVE_TEST_HOST_NETNS"
+_TESTS = os.path.dirname(os.path.abspath(__file__))
+
+
+def run_in_own_netns(script: str, *args: str, timeout: float = 120) -> Any:
+    """Run the test file *script* as a script with *args* under ``unshare --net``; its last line, as JSON.
+
+    For what needs interfaces, routes or sysctls of its own (multicast, veth
+    pairs, a port range): never the host's. Skips where that cannot be done
+    (not root, no ``unshare``/``ip``, namespaces not permitted).
+    """
+    import json
+    import shutil
+    import subprocess
+
+    if not ON_LINUX:
+        pytest.skip("network namespaces are Linux's")
+    if not IS_ROOT:
+        pytest.skip("needs root to create a network namespace")
+    for tool in ("unshare", "ip"):
+        if shutil.which(tool) is None:
+            pytest.skip(f"{tool} is not installed")
+    if subprocess.run(["unshare", "--net", "true"], check=False, capture_output=True).returncode != 0:
+        pytest.skip("unshare --net is not permitted here")
+    path = os.pathsep.join(p for p in (_TESTS, os.path.dirname(_TESTS), os.environ.get("PYTHONPATH")) if p)
+    env = {**os.environ, "PYTHONPATH": path, HOST_NETNS_VAR: os.readlink("/proc/self/ns/net")}
+    proc = subprocess.run(
+        ["unshare", "--net", sys.executable, os.path.abspath(script), *args],
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=env,
+    )
+    assert proc.returncode == 0, proc.stderr
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def require_own_netns() -> None:
+    """In the re-run of `run_in_own_netns`: stop unless this is a namespace the test made."""
+    if os.environ.get(HOST_NETNS_VAR) in (None, os.readlink("/proc/self/ns/net")):
+        raise SystemExit("refusing to run: not inside a network namespace of the test's own making")

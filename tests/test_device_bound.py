@@ -21,7 +21,6 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import shutil
 import socket
 import subprocess
 import sys
@@ -34,11 +33,10 @@ if __name__ == "__main__":  # the re-run inside the namespace: helpers as pytest
     sys.path.insert(0, HERE)
 
 from attacker import NOBODY, accept_waiting, become_stranger, on_cpu_0  # noqa: E402
-from harness import IS_ROOT  # noqa: E402
+from harness import require_own_netns, run_in_own_netns  # noqa: E402
 
 import aioexclusive  # noqa: E402
 
-HOST_NETNS_VAR = "AIOEXCLUSIVE_TEST_HOST_NETNS"
 SO_BINDTODEVICE = getattr(socket, "SO_BINDTODEVICE", 25)
 SO_INCOMING_CPU = getattr(socket, "SO_INCOMING_CPU", 49)
 LINK_LOCAL = "fe80::1"
@@ -51,8 +49,7 @@ CLIENTS = 20
 
 
 def _setup_namespace() -> None:
-    if os.environ.get(HOST_NETNS_VAR) in (None, os.readlink("/proc/self/ns/net")):
-        raise SystemExit("refusing to run: not inside a network namespace of the test's own making")
+    require_own_netns()
     # No duplicate address detection: the address is usable at once (not "tentative").
     with open("/proc/sys/net/ipv6/conf/default/accept_dad", "w") as f:
         f.write("0")
@@ -254,27 +251,7 @@ def _scenarios() -> dict[str, Any]:
 
 @pytest.fixture(scope="module")
 def results() -> dict[str, Any]:
-    if not sys.platform.startswith("linux"):
-        pytest.skip("the interface fast path is the Linux kernel's")
-    if not IS_ROOT:
-        pytest.skip("needs root: a network namespace with dummy interfaces, and an attacker as uid 65534")
-    for tool in ("unshare", "ip"):
-        if shutil.which(tool) is None:
-            pytest.skip(f"{tool} is not installed")
-    if subprocess.run(["unshare", "--net", "true"], check=False, capture_output=True).returncode != 0:
-        pytest.skip("unshare --net is not permitted here")
-    env = {**os.environ, HOST_NETNS_VAR: os.readlink("/proc/self/ns/net")}
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [HERE, os.path.dirname(HERE), env.get("PYTHONPATH")]))
-    proc = subprocess.run(
-        ["unshare", "--net", sys.executable, os.path.abspath(__file__), "scenarios"],
-        check=False,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        env=env,
-    )
-    assert proc.returncode == 0, proc.stderr
-    result: dict[str, Any] = json.loads(proc.stdout.strip().splitlines()[-1])
+    result: dict[str, Any] = run_in_own_netns(__file__, "scenarios")
     return result
 
 

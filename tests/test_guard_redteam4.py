@@ -19,7 +19,6 @@ import asyncio
 import errno
 import json
 import os
-import shutil
 import socket
 import subprocess
 import sys
@@ -34,7 +33,7 @@ if __name__ == "__main__":  # the re-run inside a network namespace: helpers as 
     sys.path.insert(0, HERE)
 
 from attacker import NOBODY, Attacker, FastPathAttacker, accept_waiting, become_stranger, on_cpu_0  # noqa: E402
-from harness import IS_ROOT, port_free_on_both_families  # noqa: E402
+from harness import IS_ROOT, port_free_on_both_families, require_own_netns, run_in_own_netns  # noqa: E402
 
 import aioexclusive  # noqa: E402
 
@@ -418,14 +417,12 @@ def test_guard_reports_a_handed_over_listener_whose_other_side_another_user_has(
 
 # -- F6: TCP listeners bound to one interface (in a network namespace of our own) ---------------
 
-HOST_NETNS_VAR = "AIOEXCLUSIVE_TEST_HOST_NETNS"
 LINK_LOCAL = "fe80::1"
 DEVICE_MODES = (None, "warn", "enforce", "raise")
 
 
 def _setup_namespace() -> None:
-    if os.environ.get(HOST_NETNS_VAR) in (None, os.readlink("/proc/self/ns/net")):
-        raise SystemExit("refusing to run: not inside a network namespace of the test's own making")
+    require_own_netns()
     for args in (
         ["link", "set", "lo", "up"],
         # A veth pair (this kernel may have no dummy driver): other0 is the attacker's "other interface".
@@ -516,24 +513,7 @@ def _device_scenarios() -> dict[str, Any]:
 
 @pytest.fixture(scope="module")
 def device_scenarios() -> dict[str, Any]:
-    if not IS_ROOT:
-        pytest.skip("needs root: a network namespace, and an attacker that becomes uid 65534")
-    for tool in ("unshare", "ip"):
-        if shutil.which(tool) is None:
-            pytest.skip(f"{tool} is not installed")
-    if subprocess.run(["unshare", "--net", "true"], check=False, capture_output=True).returncode != 0:  # noqa: S607
-        pytest.skip("unshare --net is not permitted here")
-    env = {**os.environ, HOST_NETNS_VAR: os.readlink("/proc/self/ns/net")}
-    proc = subprocess.run(  # noqa: S603
-        ["unshare", "--net", sys.executable, os.path.abspath(__file__), "device"],  # noqa: S607
-        check=False,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        env=env,
-    )
-    assert proc.returncode == 0, proc.stderr
-    result: dict[str, Any] = json.loads(proc.stdout.strip().splitlines()[-1])
+    result: dict[str, Any] = run_in_own_netns(__file__, "device")
     return result
 
 

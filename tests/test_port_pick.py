@@ -18,7 +18,6 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import shutil
 import socket
 import subprocess
 import sys
@@ -30,11 +29,10 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 if __name__ == "__main__":  # the re-run inside the namespace: helpers as pytest's pythonpath gives them
     sys.path.insert(0, HERE)
 
-from harness import IS_ROOT  # noqa: E402
+from harness import require_own_netns, run_in_own_netns  # noqa: E402
 
 import aioexclusive  # noqa: E402
 
-HOST_NETNS_VAR = "AIOEXCLUSIVE_TEST_HOST_NETNS"
 LOW, HIGH, FREE = 40000, 40999, 40500
 
 
@@ -81,8 +79,7 @@ def _serve(base: str, exclusive: bool, host: str) -> dict[str, Any]:
 
 
 def _scenarios() -> dict[str, Any]:
-    if os.environ.get(HOST_NETNS_VAR) in (None, os.readlink("/proc/self/ns/net")):
-        raise SystemExit("refusing to run: not inside a network namespace of the test's own making")
+    require_own_netns()
     subprocess.run(["ip", "link", "set", "lo", "up"], check=True)
     with open("/proc/sys/net/ipv4/ip_local_port_range", "w") as f:
         f.write(f"{LOW} {HIGH}")
@@ -110,26 +107,7 @@ def _scenarios() -> dict[str, Any]:
 
 @pytest.fixture(scope="module")
 def results() -> dict[str, Any]:
-    if not sys.platform.startswith("linux"):
-        pytest.skip("the wildcard hold is Linux's")
-    if not IS_ROOT:
-        pytest.skip("needs root: a network namespace with its own port range")
-    if shutil.which("unshare") is None or shutil.which("ip") is None:
-        pytest.skip("unshare and ip are needed")
-    if subprocess.run(["unshare", "--net", "true"], check=False, capture_output=True).returncode != 0:
-        pytest.skip("unshare --net is not permitted here")
-    env = {**os.environ, HOST_NETNS_VAR: os.readlink("/proc/self/ns/net")}
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [HERE, os.path.dirname(HERE), env.get("PYTHONPATH")]))
-    proc = subprocess.run(
-        ["unshare", "--net", sys.executable, os.path.abspath(__file__), "scenarios"],
-        check=False,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        env=env,
-    )
-    assert proc.returncode == 0, proc.stderr
-    result: dict[str, Any] = json.loads(proc.stdout.strip().splitlines()[-1])
+    result: dict[str, Any] = run_in_own_netns(__file__, "scenarios")
     return result
 
 

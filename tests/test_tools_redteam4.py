@@ -36,11 +36,10 @@ from attacker import (  # noqa: E402
     become_stranger,
     on_cpu_0,
 )
-from harness import IS_ROOT, needs_ipv6, port_free_on_both_families  # noqa: E402
+from harness import IS_ROOT, needs_ipv6, port_free_on_both_families, require_own_netns, run_in_own_netns  # noqa: E402
 
 ON_LINUX = sys.platform.startswith("linux")
 pytestmark = pytest.mark.skipif(not ON_LINUX, reason="the kernel rules attacked here are Linux's")
-HOST_NETNS_VAR = "AIOEXCLUSIVE_TEST_HOST_NETNS"
 STRANGER = NOBODY if IS_ROOT else None
 """Another user when the tests run as root (as CI does), else a process of the same user."""
 
@@ -296,8 +295,7 @@ def _device_case(
 
 def _device_scenario() -> None:
     """Inside a fresh network namespace: device-bound listeners audited, probed and attacked."""
-    if os.environ.get(HOST_NETNS_VAR) in (None, os.readlink("/proc/self/ns/net")):
-        raise SystemExit("refusing to run: not inside a network namespace of the test's own making")
+    require_own_netns()
     out: dict[str, Any] = {}
     subprocess.run(["ip", "link", "set", "lo", "up"], check=True)
     # Only lo: the probe cannot prime on another interface, so it must not say "exclusive".
@@ -338,25 +336,8 @@ def _device_scenario() -> None:
 
 
 def _in_new_netns(scenario: str) -> dict[str, Any]:
-    if not IS_ROOT:
-        pytest.skip("needs root to create a network namespace")
-    for tool in ("unshare", "ip"):
-        if shutil.which(tool) is None:
-            pytest.skip(f"{tool} is not installed")
-    if subprocess.run(["unshare", "--net", "true"], check=False, capture_output=True).returncode != 0:
-        pytest.skip("unshare --net is not permitted here")
-    path = os.pathsep.join(p for p in (ROOT, os.environ.get("PYTHONPATH", "")) if p)
-    env = {**os.environ, "PYTHONPATH": path, HOST_NETNS_VAR: os.readlink("/proc/self/ns/net")}
-    proc = subprocess.run(
-        ["unshare", "--net", sys.executable, os.path.abspath(__file__), scenario],
-        check=False,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        env=env,
-    )
-    assert proc.returncode == 0, proc.stderr
-    return json.loads(proc.stdout.strip().splitlines()[-1])  # type: ignore[no-any-return]
+    result: dict[str, Any] = run_in_own_netns(__file__, scenario)
+    return result
 
 
 @pytest.fixture(scope="module")
