@@ -501,3 +501,71 @@ class FastPathAttacker:
 
     def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
         self.close()
+
+
+def take_from_another_interface(
+    port: int,
+    prime_host: str,
+    thief: tuple[Any, ...],
+    device: bytes | None,
+    *,
+    prime_device: bytes,
+    clients: int = 20,
+) -> tuple[str, int]:
+    """The interface fast-path takeover (docs/limits.md, "Listeners bound to one interface"), as uid 65534.
+
+    A ``SO_REUSEPORT`` prime on *prime_host* (a wildcard) bound to
+    *prime_device*, closed; then a thief at *thief* (``SO_REUSEPORT``,
+    ``SO_INCOMING_CPU=0``, ``SO_BINDTODEVICE=`` *device*) that listens; then
+    *clients* connections to the thief's address from CPU 0. Returns
+    ``("ok", stolen)`` or ``("refused ERRNO", 0)``. Needs root (to become
+    uid 65534) and an interface besides the listener's: run it in a network
+    namespace of the test's own (``harness.run_in_own_netns``).
+    """
+    family = socket.AF_INET6 if len(thief) == 4 else socket.AF_INET
+    r, w = os.pipe()
+    go_r, go_w = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - the child
+        try:
+            become_stranger(NOBODY, w, go_r)
+            try:
+                prime = socket.socket(_family(6 if ":" in prime_host else 4), socket.SOCK_STREAM)
+                prime.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+                if ":" in prime_host:
+                    prime.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+                prime.setsockopt(socket.SOL_SOCKET, SO_BINDTODEVICE, prime_device)
+                prime.bind((prime_host, port))
+                prime.close()
+                sock = socket.socket(family, socket.SOCK_STREAM)
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+                sock.setsockopt(socket.SOL_SOCKET, SO_INCOMING_CPU, 0)
+                if device:
+                    sock.setsockopt(socket.SOL_SOCKET, SO_BINDTODEVICE, device)
+                sock.bind(thief)
+                sock.listen(64)
+                sock.setblocking(False)
+            except OSError as exc:
+                os.write(w, f"refused {exc.errno}\n".encode())
+                os._exit(0)
+            os.write(w, b"ok\n")
+            os.read(go_r, 1)  # the parent has connected
+            os.write(w, f"{accept_waiting(sock)}\n".encode())
+        finally:
+            os._exit(0)
+    os.close(w)
+    os.close(go_r)
+    with os.fdopen(r) as answers:
+        first = answers.readline().strip()
+        stolen = 0
+        if first == "ok":
+            with on_cpu_0():
+                for _ in range(clients):
+                    with socket.socket(family, socket.SOCK_STREAM) as client:
+                        client.settimeout(5)
+                        client.connect(thief)
+            os.write(go_w, b"g")
+            stolen = int(answers.readline())
+    os.close(go_w)
+    os.waitpid(pid, 0)
+    return first, stolen

@@ -32,13 +32,12 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 if __name__ == "__main__":  # the re-run inside the namespace: helpers as pytest's pythonpath gives them
     sys.path.insert(0, HERE)
 
-from attacker import NOBODY, accept_waiting, become_stranger, on_cpu_0  # noqa: E402
+from attacker import take_from_another_interface  # noqa: E402
 from harness import require_own_netns, run_in_own_netns  # noqa: E402
 
 import aioexclusive  # noqa: E402
 
 SO_BINDTODEVICE = getattr(socket, "SO_BINDTODEVICE", 25)
-SO_INCOMING_CPU = getattr(socket, "SO_INCOMING_CPU", 49)
 LINK_LOCAL = "fe80::1"
 CLIENTS = 20
 
@@ -65,65 +64,9 @@ def _setup_namespace() -> None:
 
 
 def _two_step_from_another_interface(
-    port: int, prime_host: str, thief_sockaddr: tuple[Any, ...], thief_device: bytes | None
+    port: int, prime_host: str, thief: tuple[Any, ...], device: bytes | None
 ) -> tuple[str, int]:
-    """As uid 65534: prime the port on other0's wildcard with SO_REUSEPORT, close it, bind the thief
-    at *thief_sockaddr* (SO_REUSEPORT, SO_INCOMING_CPU=0, *thief_device*), listen; then count the
-    connections of `_connect` that wait for the thief. ("ok", n) or ("refused ERRNO", 0)."""
-    r, w = os.pipe()
-    go_r, go_w = os.pipe()
-    pid = os.fork()
-    if pid == 0:  # pragma: no cover - the child
-        try:
-            become_stranger(NOBODY, w, go_r)
-            family = socket.AF_INET6 if ":" in prime_host else socket.AF_INET
-            try:
-                prime = socket.socket(family, socket.SOCK_STREAM)
-                prime.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-                if family == socket.AF_INET6:
-                    prime.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
-                prime.setsockopt(socket.SOL_SOCKET, SO_BINDTODEVICE, b"other0")
-                prime.bind((prime_host, port))
-                prime.close()
-                thief = socket.socket(
-                    socket.AF_INET6 if len(thief_sockaddr) == 4 else socket.AF_INET, socket.SOCK_STREAM
-                )
-                thief.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-                thief.setsockopt(socket.SOL_SOCKET, SO_INCOMING_CPU, 0)
-                if thief_device:
-                    thief.setsockopt(socket.SOL_SOCKET, SO_BINDTODEVICE, thief_device)
-                thief.bind(thief_sockaddr)
-                thief.listen(64)
-                thief.setblocking(False)
-            except OSError as exc:
-                os.write(w, f"refused {exc.errno}\n".encode())
-                os._exit(0)
-            os.write(w, b"ok\n")
-            os.read(go_r, 1)  # the parent has connected
-            os.write(w, f"{accept_waiting(thief)}\n".encode())
-        finally:
-            os._exit(0)
-    os.close(w)
-    os.close(go_r)
-    with os.fdopen(r) as answers:
-        first = answers.readline().strip()
-        stolen = 0
-        if first == "ok":
-            _connect(thief_sockaddr)
-            os.write(go_w, b"g")
-            stolen = int(answers.readline())
-    os.close(go_w)
-    os.waitpid(pid, 0)
-    return first, stolen
-
-
-def _connect(sockaddr: tuple[Any, ...]) -> None:
-    family = socket.AF_INET6 if len(sockaddr) == 4 else socket.AF_INET
-    with on_cpu_0():
-        for _ in range(CLIENTS):
-            with socket.socket(family, socket.SOCK_STREAM) as client:
-                client.settimeout(5)
-                client.connect(sockaddr)
+    return take_from_another_interface(port, prime_host, thief, device, prime_device=b"other0", clients=CLIENTS)
 
 
 def _free_after(sockaddr: tuple[Any, ...]) -> bool:

@@ -32,7 +32,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 if __name__ == "__main__":  # the re-run inside a network namespace: helpers as pytest's pythonpath gives them
     sys.path.insert(0, HERE)
 
-from attacker import NOBODY, Attacker, FastPathAttacker, accept_waiting, become_stranger, on_cpu_0  # noqa: E402
+from attacker import NOBODY, Attacker, FastPathAttacker, on_cpu_0, take_from_another_interface  # noqa: E402
 from harness import IS_ROOT, port_free_on_both_families, require_own_netns, run_in_own_netns  # noqa: E402
 
 import aioexclusive  # noqa: E402
@@ -435,60 +435,6 @@ def _setup_namespace() -> None:
         subprocess.run(["ip", *args], check=True)  # noqa: S603, S607 - our own namespace
 
 
-def _take_from_another_interface(port: int, prime_host: str, thief: tuple[Any, ...], device: bytes | None) -> list[Any]:
-    """As uid 65534: a SO_REUSEPORT prime on *prime_host* (the wildcard) bound to other0, closed; then a thief at
-    *thief* (SO_REUSEPORT, SO_INCOMING_CPU=0, SO_BINDTODEVICE=*device*) that listens; TRAFFIC connections to
-    *thief*'s address from CPU 0. ["ok", stolen] or ["refused ERRNO", 0]."""
-    r, w = os.pipe()
-    go_r, go_w = os.pipe()
-    pid = os.fork()
-    if pid == 0:  # pragma: no cover - the child
-        try:
-            become_stranger(NOBODY, w, go_r)
-            family = socket.AF_INET6 if ":" in prime_host else socket.AF_INET
-            try:
-                prime = socket.socket(family, socket.SOCK_STREAM)
-                prime.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-                if family == socket.AF_INET6:
-                    prime.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
-                prime.setsockopt(socket.SOL_SOCKET, SO_BINDTODEVICE, b"other0")
-                prime.bind((prime_host, port))
-                prime.close()
-                sock = socket.socket(socket.AF_INET6 if len(thief) == 4 else socket.AF_INET, socket.SOCK_STREAM)
-                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-                sock.setsockopt(socket.SOL_SOCKET, SO_INCOMING_CPU, 0)
-                if device:
-                    sock.setsockopt(socket.SOL_SOCKET, SO_BINDTODEVICE, device)
-                sock.bind(thief)
-                sock.listen(64)
-                sock.setblocking(False)
-            except OSError as exc:
-                os.write(w, f"refused {exc.errno}\n".encode())
-                os._exit(0)
-            os.write(w, b"ok\n")
-            os.read(go_r, 1)
-            os.write(w, f"{accept_waiting(sock)}\n".encode())
-        finally:
-            os._exit(0)
-    os.close(w)
-    os.close(go_r)
-    with os.fdopen(r) as answers:
-        first = answers.readline().strip()
-        stolen = 0
-        if first == "ok":
-            family = socket.AF_INET6 if len(thief) == 4 else socket.AF_INET
-            with on_cpu_0():
-                for _ in range(TRAFFIC):
-                    with socket.socket(family, socket.SOCK_STREAM) as client:
-                        client.settimeout(5)
-                        client.connect(thief)
-            os.write(go_w, b"g")
-            stolen = int(answers.readline())
-    os.close(go_w)
-    os.waitpid(pid, 0)
-    return [first, stolen]
-
-
 def _device_scenarios() -> dict[str, Any]:
     _setup_namespace()
     scope = socket.if_nametoindex("other1")
@@ -506,7 +452,11 @@ def _device_scenarios() -> dict[str, Any]:
             else:
                 victim = Victim(mode, host=LINK_LOCAL, port=port, scope="other1")
                 how = ("::", (LINK_LOCAL, port, 0, scope), None)
-            attack = _take_from_another_interface(port, *how) if victim.port else None
+            attack = (
+                list(take_from_another_interface(port, *how, prime_device=b"other0", clients=TRAFFIC))
+                if victim.port
+                else None
+            )
             out[f"{kind}-{mode}"] = {"first": victim.first, "attack": attack, "err": victim.finish()}
     return out
 
