@@ -615,7 +615,7 @@ def _wrap_setsockopt() -> None:
     if getattr(inner, "__aioexclusive_guard__", False):
         return
     # And SO_BINDTODEVICE (Linux): a listener bound to one interface afterwards (`_late_device`).
-    watched = frozenset(_OPTION_NAMES) | ({_SO_BINDTODEVICE} if HOLDS_WILDCARDS and _SO_BINDTODEVICE else set())
+    watched = frozenset(_OPTION_NAMES) | (_DEVICE_OPTIONS if HOLDS_WILDCARDS and _SO_BINDTODEVICE else frozenset())
     sol_socket = socket.SOL_SOCKET
 
     def setsockopt(self: socket.socket, *args: Any) -> None:
@@ -637,8 +637,8 @@ def _late_option(sock: Any, args: tuple[Any, ...]) -> bool:
     # listener, which the POSIX plans allow: that call stops here.)
     if not isinstance(sock, _CSocket):
         return False
-    if args[1] == _SO_BINDTODEVICE:
-        _late_device(sock, args[2])
+    if args[1] in _DEVICE_OPTIONS:
+        _late_device(sock, args[1], args[2])
         return False
     kind = _type_of(sock) & ~_TYPE_FLAGS
     if kind == socket.SOCK_STREAM and HOLDS_WILDCARDS:
@@ -658,9 +658,41 @@ def _late_option(sock: Any, args: tuple[Any, ...]) -> bool:
 
 
 _SO_BINDTODEVICE = getattr(socket, "SO_BINDTODEVICE", 25) if sys.platform.startswith("linux") else None
+# SO_BINDTOIFINDEX (Linux 5.0): the same binding by interface index.
+_SO_BINDTOIFINDEX = getattr(socket, "SO_BINDTOIFINDEX", 62)
+_DEVICE_OPTIONS: frozenset[int] = (
+    frozenset({_SO_BINDTODEVICE, _SO_BINDTOIFINDEX}) if _SO_BINDTODEVICE is not None else frozenset()
+)
 
 
-def _late_device(sock: Any, value: Any) -> None:
+def _device_named(option: int, value: Any) -> str | None:
+    """The interface a ``SO_BINDTODEVICE``/``SO_BINDTOIFINDEX`` value binds to, ``""`` for none, ``None`` if unreadable.
+
+    Read as the kernel reads it: a name (bytes, or an int, whose native bytes
+    the kernel takes as the name's first four characters) or an index.
+    """
+    if isinstance(value, int):
+        try:
+            raw = value.to_bytes(4, sys.byteorder, signed=value < 0)
+        except OverflowError:
+            return None  # the call fails on its own
+    else:
+        try:
+            raw = memoryview(value).tobytes()
+        except TypeError:
+            return None  # the call fails on its own
+    if option == _SO_BINDTOIFINDEX:
+        index = int.from_bytes(raw[:4].ljust(4, b"\0"), sys.byteorder)
+        if not index:
+            return ""
+        try:
+            return socket.if_indextoname(index)
+        except OSError:
+            return f"interface {index}"
+    return raw.split(b"\0", 1)[0].decode("ascii", "replace")
+
+
+def _late_device(sock: Any, option: int, value: Any) -> None:
     """``SO_BINDTODEVICE`` set on a TCP socket that listens already: judged as `listen()` judges a device-bound one.
 
     Before ``listen()`` nothing is judged here: the ``listen`` wrapper reads the
@@ -668,14 +700,11 @@ def _late_device(sock: Any, value: Any) -> None:
     and ``warn`` warn and let it be set (clearing it would open the listener
     to every interface).
     """
-    if getattr(_local, "busy", False) or _EXEMPT.get() or isinstance(value, int):
+    if getattr(_local, "busy", False) or _EXEMPT.get():
         return
-    try:
-        device = memoryview(value).tobytes().split(b"\0", 1)[0].decode("ascii", "replace")
-    except TypeError:
-        return  # the call fails on its own
+    device = _device_named(option, value)
     if not device:
-        return  # unbinding from the interface
+        return  # unreadable (the call fails on its own), or unbinding from the interface
     _local.busy = True
     try:
         refusal = _guard_holds.device_refusal(sock, _state.mode, device, listening_only=True)

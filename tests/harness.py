@@ -153,7 +153,15 @@ def run_in_own_netns(script: str, *args: str, timeout: float = 120) -> Any:
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
+# Kernel-picked ports (clients' too) stay at and above this in a namespace of the test's own, so the
+# fixed ports its scenarios use below it never meet a client's port in TIME_WAIT.
+OWN_NETNS_EPHEMERAL = (50000, 60999)
+
+
 def require_own_netns() -> None:
-    """In the re-run of `run_in_own_netns`: stop unless this is a namespace the test made."""
+    """In the re-run of `run_in_own_netns`: stop unless this is a namespace the test made; then keep
+    kernel-picked ports at `OWN_NETNS_EPHEMERAL`."""
     if os.environ.get(HOST_NETNS_VAR) in (None, os.readlink("/proc/self/ns/net")):
         raise SystemExit("refusing to run: not inside a network namespace of the test's own making")
+    with open("/proc/sys/net/ipv4/ip_local_port_range", "w") as f:
+        f.write(" ".join(map(str, OWN_NETNS_EPHEMERAL)))

@@ -65,8 +65,14 @@ def listener(cfg, port):
     address = (cfg["host"], port, 0, socket.if_nametoindex(cfg["scope"])) if cfg.get("scope") else (cfg["host"], port)
     sock.bind(address)
     sock.listen(64)
-    if cfg.get("device_after"):  # bound to the interface only once it listens
-        sock.setsockopt(socket.SOL_SOCKET, 25, cfg["device_after"].encode())
+    if cfg.get("device_after"):  # bound to the interface only once it listens, in one of three spellings
+        name, how = cfg["device_after"], cfg.get("device_after_how", "name")
+        if how == "index":  # SO_BINDTOIFINDEX
+            sock.setsockopt(socket.SOL_SOCKET, 62, socket.if_nametoindex(name))
+        elif how == "int":  # SO_BINDTODEVICE with an int: the kernel reads its bytes as the name
+            sock.setsockopt(socket.SOL_SOCKET, 25, int.from_bytes(name.encode().ljust(4, b"\0")[:4], sys.byteorder))
+        else:
+            sock.setsockopt(socket.SOL_SOCKET, 25, name.encode())
     return sock
 try:
     socks = [listener(cfg, cfg["port"])]
@@ -435,19 +441,24 @@ def _setup_namespace() -> None:
         subprocess.run(["ip", *args], check=True)  # noqa: S603, S607 - our own namespace
 
 
+# Red team 5 (R4): SO_BINDTOIFINDEX, and SO_BINDTODEVICE given an int, passed the late check.
+DEVICE_KINDS = ["bindtodevice", "link-local", "late-bindtodevice", "late-bindtodevice-int", "late-bindtoifindex"]
+
+
 def _device_scenarios() -> dict[str, Any]:
     _setup_namespace()
     scope = socket.if_nametoindex("other1")
     out: dict[str, Any] = {}
     port = 41000
     for mode in DEVICE_MODES:
-        for kind in ("bindtodevice", "link-local", "late-bindtodevice"):
+        for kind in DEVICE_KINDS:
             port += 1
             if kind == "bindtodevice":
                 victim = Victim(mode, host="127.0.0.1", port=port, device="lo")
                 how: tuple[str, tuple[Any, ...], bytes | None] = ("0.0.0.0", ("127.0.0.1", port), b"lo")
-            elif kind == "late-bindtodevice":
-                victim = Victim(mode, host="127.0.0.1", port=port, device_after="lo")
+            elif kind.startswith("late-"):
+                spelling = {"late-bindtodevice": "name", "late-bindtodevice-int": "int", "late-bindtoifindex": "index"}
+                victim = Victim(mode, host="127.0.0.1", port=port, device_after="lo", device_after_how=spelling[kind])
                 how = ("0.0.0.0", ("127.0.0.1", port), b"lo")
             else:
                 victim = Victim(mode, host=LINK_LOCAL, port=port, scope="other1")
@@ -467,7 +478,7 @@ def device_scenarios() -> dict[str, Any]:
     return result
 
 
-@pytest.mark.parametrize("kind", ["bindtodevice", "link-local", "late-bindtodevice"])
+@pytest.mark.parametrize("kind", DEVICE_KINDS)
 def test_control_a_device_bound_listener_is_taken_without_the_guard(
     device_scenarios: dict[str, Any], kind: str
 ) -> None:
@@ -476,7 +487,7 @@ def test_control_a_device_bound_listener_is_taken_without_the_guard(
     assert got["attack"][0] == "ok" and got["attack"][1] > 0, got
 
 
-@pytest.mark.parametrize("kind", ["bindtodevice", "link-local", "late-bindtodevice"])
+@pytest.mark.parametrize("kind", DEVICE_KINDS)
 def test_guard_raise_refuses_a_device_bound_listener(device_scenarios: dict[str, Any], kind: str) -> None:
     got = device_scenarios[f"{kind}-raise"]
     assert got["first"].startswith("ERROR ExclusivityError"), got
@@ -484,7 +495,7 @@ def test_guard_raise_refuses_a_device_bound_listener(device_scenarios: dict[str,
     assert ("on other1)" if kind == "link-local" else "on lo)") in got["first"], got
 
 
-@pytest.mark.parametrize("kind", ["bindtodevice", "link-local", "late-bindtodevice"])
+@pytest.mark.parametrize("kind", DEVICE_KINDS)
 @pytest.mark.parametrize("mode", ["enforce", "warn"])
 def test_guard_reports_a_device_bound_listener_it_cannot_fix(
     device_scenarios: dict[str, Any], kind: str, mode: str
