@@ -741,7 +741,7 @@ def _fork_with_a_lower_pid() -> int:
     """
     # Down to pid 2, not 300: after a wrap-around this very process may have a pid near 300 (the kernel
     # starts again there), and a cursor set below 300 hands out the low pids too.
-    target = next((n for n in range(os.getpid() - 1, 1, -1) if not os.path.exists(f"/proc/{n}")), None)
+    target = next((n for n in range(os.getpid() // 2, 1, -1) if not os.path.exists(f"/proc/{n}")), None)
     if target is None:
         pytest.skip("no free pid below this process's")
     with open("/proc/sys/kernel/ns_last_pid", "w") as f:
