@@ -30,7 +30,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 sys.path.insert(0, HERE)
 
-from attacker import NOBODY, FastPathAttacker, drop_to, on_cpu_0, receive_one  # noqa: E402
+from attacker import NOBODY, FastPathAttacker, become_stranger, drop_to, on_cpu_0, receive_one  # noqa: E402
 from harness import HAVE_IPV6, IS_ROOT, port_free_on_both_families  # noqa: E402
 
 ON_LINUX = sys.platform.startswith("linux")
@@ -265,7 +265,8 @@ def _multicast_scenario() -> None:
     child = os.fork()
     if child == 0:  # pragma: no cover - the child
         try:
-            drop_to(NOBODY)
+            # Another user, holding nothing of ours (not the receiver either).
+            become_stranger(NOBODY, write_end)
             other = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
             other.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             other.bind((group, port))
