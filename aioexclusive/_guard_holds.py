@@ -55,12 +55,13 @@ import socket
 import sys
 import threading
 import time
+import warnings
 import weakref
 from collections.abc import Callable
 from types import FrameType
 from typing import Any
 
-from ._errors import ExclusivityError
+from ._errors import ExclusivityError, ExclusivityWarning
 from ._wildcard import (
     HOLDS_WILDCARDS,
     HeldListener,
@@ -198,11 +199,17 @@ def _foreign_holder(family: int, port: int) -> bool:
 # Listeners of this process whose other family's wildcard another process of
 # this user holds (a hand-off's old process, a pre-fork parent or sibling):
 # port -> the family to hold. A daemon thread binds the hold as soon as it can
-# (every _RETRY_EVERY seconds), so the port is not left unheld when that
+# (every _RETRY_FIRST seconds, then more slowly), so the port is not left unheld when that
 # process lets go. No system call, no thread, while this is empty.
 _wanted: dict[int, int] = {}
 _retrying = False
-_RETRY_EVERY = 0.05
+# The first retries come fast (a hand-over's old process usually lets go soon), then slow down to one a
+# second: a spawned pre-fork worker, whose parent holds for its whole life, retries for as long as it lives.
+_RETRY_FIRST = 0.05
+_RETRY_MOST = 1.0
+# How often a retry that keeps failing looks for another user's listener on the other side (/proc/net).
+_FOREIGN_CHECK_EVERY = 5.0
+_reported: set[int] = set()
 
 
 def _want(port: int, family: int) -> None:
@@ -221,13 +228,39 @@ def _retry_holds() -> None:
     global _retrying  # noqa: PLW0603
     _guard.local.busy = True  # its binds are the guard's own holds: not judged (this thread's flag only)
     pid = os.getpid()
+    delay, waited = _RETRY_FIRST, 0.0
     while True:
-        time.sleep(_RETRY_EVERY)
+        time.sleep(delay)
+        waited += delay
+        delay = min(delay * 2, _RETRY_MOST)
         with _lock:
             if not _wanted or os.getpid() != pid:
                 _retrying = False
                 return
             retry_wanted()
+            stuck = dict(_wanted) if waited >= _FOREIGN_CHECK_EVERY else {}
+        if stuck:
+            waited = 0.0
+            _report_taken(stuck)
+
+
+def _report_taken(stuck: dict[int, int]) -> None:
+    """Warn once per port when the other side a retry waits for is listened on by another user.
+
+    That is the end of the two-step takeover (the old holder let go, and
+    another user's prime got in before the retry): the hold cannot be taken
+    back, and this listener's connections go to that socket. Only listening
+    sockets show in ``/proc/net``; a prime that is only bound does not.
+    """
+    for port, family in stuck.items():
+        if port in _reported or not _foreign_holder(family, port):
+            continue
+        _reported.add(port)
+        warnings.warn(
+            _problem(_OTHER[family], port, "is listened on by another user (the retry to hold it lost the race)"),
+            ExclusivityWarning,
+            stacklevel=1,
+        )
 
 
 def retry_wanted() -> None:

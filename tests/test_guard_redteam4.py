@@ -32,7 +32,14 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 if __name__ == "__main__":  # the re-run inside a network namespace: helpers as pytest's pythonpath gives them
     sys.path.insert(0, HERE)
 
-from attacker import NOBODY, Attacker, FastPathAttacker, on_cpu_0, take_from_another_interface  # noqa: E402
+from attacker import (  # noqa: E402
+    NOBODY,
+    Attacker,
+    FastPathAttacker,
+    become_stranger,
+    on_cpu_0,
+    take_from_another_interface,
+)
 from harness import IS_ROOT, port_free_on_both_families, require_own_netns, run_in_own_netns  # noqa: E402
 
 import aioexclusive  # noqa: E402
@@ -313,6 +320,15 @@ sock.close()
 HANDOFF_NEW = r"""
 import os, socket, sys, time
 fd, how = int(sys.argv[1]), sys.argv[2]
+if how == "listen-report":  # warnings to a file the test reads while this runs; the foreign check at once
+    import warnings
+    import aioexclusive._guard_holds as holds
+    holds._FOREIGN_CHECK_EVERY = 0.2
+    def to_file(message, category, *args, **kwargs):
+        with open(os.environ["WARNINGS_FILE"], "a") as f:
+            f.write(f"{category.__name__}: {message}\n")
+    warnings.showwarning = to_file
+    how = "listen"
 sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, fileno=fd)
 if how == "gunicorn":
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -419,6 +435,68 @@ def test_guard_reports_a_handed_over_listener_whose_other_side_another_user_has(
     finally:
         other_user_attacker.collect(wait=0)
     assert "ExclusivityWarning" in err and f"[::]:{port} is taken by a socket outside this process" in err, err
+
+
+def _listen_on_ipv6_side_as_soon_as_free(port: int) -> tuple[int, int, int]:
+    """As uid 65534, in a child: bind [::]:port (IPv6-only) and listen as soon as it can (for up to 10 s);
+    (pid, a pipe end that says "1" once listening or "0", one to end the child)."""
+    r, w = os.pipe()
+    stop_r, stop_w = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - the child
+        try:
+            become_stranger(NOBODY, w, stop_r)
+            deadline = time.monotonic() + 10
+            while time.monotonic() < deadline:
+                sock = socket.socket(socket.AF_INET6, socket.SOCK_STREAM)
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+                try:
+                    sock.bind(("::", port))
+                    sock.listen(8)
+                except OSError:
+                    sock.close()
+                    continue
+                os.write(w, b"1")
+                os.read(stop_r, 1)
+                break
+            else:
+                os.write(w, b"0")
+        finally:
+            os._exit(0)
+    os.close(w)
+    os.close(stop_r)
+    return pid, r, stop_w
+
+
+@needs_root
+def test_guard_warns_when_its_retry_loses_the_other_side_to_another_user(handoff: Any, tmp_path: Any) -> None:
+    """Red team 5 (R1): another user who loops on bind gets the other side first when the old process lets
+    go. The retry cannot take it back; the new process must say so instead of retrying in silence. If the
+    retry wins (it may), the port is held and nothing is said: each outcome is checked against the other."""
+    warnings_file = tmp_path / "warnings"
+    os.environ["WARNINGS_FILE"] = str(warnings_file)
+    try:
+        port, old = handoff("enforce", "listen-report")
+    finally:
+        del os.environ["WARNINGS_FILE"]
+    pid, result, stop = _listen_on_ipv6_side_as_soon_as_free(port)
+    try:
+        _old_lets_go(old)
+        attacker_won = os.read(result, 1) == b"1"
+        said = ""
+        deadline = time.monotonic() + 20  # a bounded wait for the warning, not a timed assertion
+        while attacker_won and "listened on by another user" not in said and time.monotonic() < deadline:
+            time.sleep(0.05)
+            said = warnings_file.read_text() if warnings_file.exists() else ""
+    finally:
+        os.write(stop, b"x")
+        os.waitpid(pid, 0)
+        os.close(result)
+        os.close(stop)
+    if attacker_won:
+        assert "ExclusivityWarning" in said and f"[::]:{port} is listened on by another user" in said, said
+    else:
+        assert not _bindable6(port), "the retry won: the new process must hold [::]"
 
 
 # -- F6: TCP listeners bound to one interface (in a network namespace of our own) ---------------
