@@ -357,17 +357,37 @@ def test_fix_line_for_a_grpc_server_points_to_grpc_options() -> None:
         server.stdout.close()
 
 
-def test_fix_line_for_a_python_service_points_to_the_exclusive_loop() -> None:
+PLAIN_SERVICE = textwrap.dedent(
+    """
+    import socket, sys
     service = socket.socket()
     service.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
     service.bind(("127.0.0.1", 0))
     service.listen()
+    print(service.getsockname()[1], flush=True)
+    sys.stdin.read()
+    """
+)
+
+
+def test_fix_line_for_a_python_service_points_to_the_exclusive_loop() -> None:
+    # The service is a process of its own: held by this one, the Fix line went by pytest's command
+    # line, which names framework test files when a run selects them (test_integration_hypercorn.py
+    # made it "hypercorn").
+    server = subprocess.Popen(
+        [sys.executable, "-c", PLAIN_SERVICE], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+    )
     try:
-        code, report = probe_cli("127.0.0.1", str(service.getsockname()[1]), pre=HIDE_PSUTIL)
+        assert server.stdout is not None
+        port = int(server.stdout.readline())
+        code, report = probe_cli("127.0.0.1", str(port), pre=HIDE_PSUTIL)
         assert code == 1
-        assert "new_event_loop" in report["fix"]
+        assert "new_event_loop" in report["fix"], report["fix"]
     finally:
-        service.close()
+        assert server.stdin is not None and server.stdout is not None
+        server.stdin.close()
+        server.wait(timeout=30)
+        server.stdout.close()
 
 
 @needs_root
