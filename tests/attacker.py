@@ -15,11 +15,11 @@ import os
 import select
 import socket
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from types import TracebackType
-from typing import Any
+from typing import Any, TextIO
 
 # Observing only (how many sockets the kernel lists on a port), never attacking:
 # the attacks below are written out here, independent of the code under test.
@@ -400,6 +400,28 @@ def on_cpu_0() -> Iterator[None]:
         os.sched_setaffinity(0, affinity)
 
 
+def fork_stranger(uid: int | None, child: Callable[[int, int], None]) -> tuple[int, int, TextIO]:
+    """Fork a child that `become_stranger` *uid* and runs ``child(read_fd, write_fd)``, then exits.
+
+    Returns (its pid, the descriptor to write to it, a text reader of what it writes).
+    """
+    to_child_r, to_child_w = os.pipe()
+    from_child_r, from_child_w = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - the child
+        code = 0
+        try:
+            become_stranger(uid, to_child_r, from_child_w)
+            child(to_child_r, from_child_w)
+        except BaseException:
+            code = 1
+        finally:
+            os._exit(code)
+    os.close(to_child_r)
+    os.close(from_child_w)
+    return pid, to_child_w, os.fdopen(from_child_r, "r")
+
+
 class FastPathAttacker:
     """The kernel bind fast-path attack (docs/limits.md), step by step, in a forked process (as *uid*).
 
@@ -424,23 +446,9 @@ class FastPathAttacker:
         bindtodevice: bool = False,
         keep_prime: bool = False,
     ) -> None:
-        to_child_r, to_child_w = os.pipe()
-        from_child_r, from_child_w = os.pipe()
-        pid = os.fork()
-        if pid == 0:  # pragma: no cover - the child
-            code = 0
-            try:
-                become_stranger(uid, to_child_r, from_child_w)
-                self._child(to_child_r, from_child_w, port, prime_at, prime_reuseaddr, bindtodevice, keep_prime)
-            except BaseException:
-                code = 1
-            finally:
-                os._exit(code)
-        os.close(to_child_r)
-        os.close(from_child_w)
-        self.pid = pid
-        self._write_fd = to_child_w
-        self._reader = os.fdopen(from_child_r, "r")
+        self.pid, self._write_fd, self._reader = fork_stranger(
+            uid, lambda rfd, wfd: self._child(rfd, wfd, port, prime_at, prime_reuseaddr, bindtodevice, keep_prime)
+        )
 
     @staticmethod
     def _child(

@@ -34,6 +34,7 @@ from attacker import (  # noqa: E402
     FastPathAttacker,
     accept_waiting,
     become_stranger,
+    fork_stranger,
     on_cpu_0,
 )
 from harness import IS_ROOT, needs_ipv6, port_free_on_both_families, require_own_netns, run_in_own_netns  # noqa: E402
@@ -194,23 +195,9 @@ class _DeviceThief:
     def __init__(
         self, port: int, prime: tuple[str, str], sockaddr: tuple[Any, ...], device: str | None, *, v6only: int = 1
     ) -> None:
-        to_child_r, to_child_w = os.pipe()
-        from_child_r, from_child_w = os.pipe()
-        pid = os.fork()
-        if pid == 0:  # pragma: no cover - the child
-            code = 0
-            try:
-                become_stranger(STRANGER, to_child_r, from_child_w)
-                self._child(to_child_r, from_child_w, port, prime, sockaddr, device, v6only)
-            except BaseException:
-                code = 1
-            finally:
-                os._exit(code)
-        os.close(to_child_r)
-        os.close(from_child_w)
-        self.pid = pid
-        self._write_fd = to_child_w
-        self._reader = os.fdopen(from_child_r, "r")
+        self.pid, self._write_fd, self._reader = fork_stranger(
+            STRANGER, lambda rfd, wfd: self._child(rfd, wfd, port, prime, sockaddr, device, v6only)
+        )
         self.status = self._reader.readline().strip()
 
     @staticmethod
