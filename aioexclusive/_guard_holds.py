@@ -294,6 +294,31 @@ def on_listening(sock: Any, mode: str) -> str | None:
     return on_listen(sock, mode)
 
 
+# How long a listen() whose hold is refused waits for the socket to listen (a sibling's listen), and how often it looks.
+_SIBLING_WAIT = 0.1
+_SIBLING_LOOK = 0.002
+
+
+def _listens_soon(sock: Any) -> bool:
+    """Does *sock* listen within `_SIBLING_WAIT` seconds (another process listening on the same socket)?
+
+    Only on the rare path where the hold is refused: a listen() of a socket
+    nobody shares pays it once, when the port's other side really is taken.
+    """
+    if _SO_ACCEPTCONN is None:
+        return False
+    deadline = time.monotonic() + _SIBLING_WAIT
+    while True:
+        try:
+            if _getsockopt(sock, socket.SOL_SOCKET, _SO_ACCEPTCONN):
+                return True
+        except OSError:
+            return False
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(_SIBLING_LOOK)
+
+
 def on_listen(sock: Any, mode: str) -> str | None:
     """Hold the other family's wildcard for *sock*, which is about to listen; a problem to report, or None.
 
@@ -334,6 +359,11 @@ def on_listen(sock: Any, mode: str) -> str | None:
                 return None  # no IPv6 on this host (EADDRNOTAVAIL...): nothing to take over through
             if _own_socket_on(other, port):
                 return None  # bound by a socket of this process: it covers the family itself
+            if not listening:
+                # Two pre-fork workers given one unlistened socket (hypercorn --workers) call listen() at
+                # once: the first binds its hold, then listens; the second finds that hold a moment before
+                # the socket they share listens. Wait that moment out before calling the holder a stranger.
+                listening = _listens_soon(sock)
             if listening and not _foreign_holder(other, port):
                 # Listening already, and the other family's wildcard is held by another process of this
                 # user: a worker given its parent's socket (the parent holds), or a listener handed over
