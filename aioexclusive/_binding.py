@@ -358,7 +358,7 @@ def audit_socket(sock: Any, plan: BindPlan) -> None:
             device = bound_device(view)
             if device:
                 raise device_bound_refusal(f"the socket given as sock= ({address})", device)
-            if _REFUSES_DEVICE_BOUND and "SO_REUSEPORT" in plan.never and _joinable_by_this_user(view, address):
+            if _ON_LINUX and "SO_REUSEPORT" in plan.never and _joinable_by_this_user(view, address):
                 raise ExclusivityError(
                     f"the socket passed as sock= on {address} can be joined by any SO_REUSEPORT socket of the "
                     "same user, although it reads SO_REUSEPORT=0: the option was set on it (or on an earlier "
@@ -535,8 +535,9 @@ def configure_socket(
     return sock
 
 
-# Linux only: the bind fast path that takes a device-bound listener is the Linux kernel's.
-_REFUSES_DEVICE_BOUND = sys.platform.startswith("linux")
+# Linux only: the bind fast path that takes a device-bound listener, and the port record that outlives a
+# cleared SO_REUSEPORT (`_joinable_by_this_user`), are the Linux kernel's.
+_ON_LINUX = sys.platform.startswith("linux")
 _SO_BINDTODEVICE = getattr(socket, "SO_BINDTODEVICE", 25)
 _IFNAMSIZ = 16
 
@@ -566,7 +567,7 @@ def _link_local_scope(sockaddr: Any) -> int:
 
 def bound_device(view: Any) -> str:
     """The interface *view*'s socket is bound to (``SO_BINDTODEVICE``, or a link-local scope), or ``""``."""
-    if not _REFUSES_DEVICE_BOUND:
+    if not _ON_LINUX:
         return ""
     try:
         name = view.getsockopt(socket.SOL_SOCKET, _SO_BINDTODEVICE, _IFNAMSIZ)
@@ -582,9 +583,13 @@ def bind_now(sock: socket.socket, sockaddr: Any, role: Role, *, backlog: int | N
     bind: its scope id binds it to one interface, where no hold can protect it
     (`device_bound_refusal`).
     """
-    if role is Role.TCP_LISTENER and _REFUSES_DEVICE_BOUND and _link_local_scope(sockaddr):
-        name = socket.if_indextoname(_link_local_scope(sockaddr)) if hasattr(socket, "if_indextoname") else ""
-        raise device_bound_refusal(f"[{sockaddr[0]}]:{sockaddr[1]}", name or f"interface {sockaddr[3]}")
+    scope = _link_local_scope(sockaddr) if role is Role.TCP_LISTENER and _ON_LINUX else 0
+    if scope:
+        try:
+            name = socket.if_indextoname(scope)
+        except OSError:
+            name = f"interface {scope}"
+        raise device_bound_refusal(f"[{sockaddr[0]}]:{sockaddr[1]}", name)
     try:
         sock.bind(sockaddr)
         if backlog is not None:
@@ -748,7 +753,7 @@ def _open_bound_sockets_once(
     # Which addresses are wildcard TCP listeners, decided once: only they are held.
     wildcards = [holds and info[1] == socket.SOCK_STREAM and _wildcard.is_wildcard(info[0], info[4]) for info in infos]
     picker = (
-        _pick_port(infos, plan, _families_to_hold(infos, wildcards))
+        _pick_port(infos, plan, _families_to_hold(infos, wildcards, not dualstack_ipv6))
         # Listeners can bind next to the picker only when both have SO_REUSEADDR
         # (not with reuse_address=False), and only wildcards are ever demoted.
         if same_port and True in wildcards and ("SO_REUSEADDR", 1) in plan.set
@@ -813,18 +818,16 @@ def _open_bound_sockets_once(
 
 # How many ports `_pick_port` asks the hold's family for, when the first pick does not fit the hold.
 _PICKS = 8
-_OTHER_FAMILY = {int(socket.AF_INET): int(socket.AF_INET6), int(socket.AF_INET6): int(socket.AF_INET)}
 
 
-def _families_to_hold(infos: list[AddrInfo], wildcards: list[bool]) -> set[int]:
-    """The families `_wildcard.protect` will hold for these listeners: the other family of a one-family
-    wildcard, unless one of the addresses is of that family already."""
-    present = {int(info[0]) for info in infos}
-    return {
-        _OTHER_FAMILY[int(info[0])]
-        for info, wildcard in zip(infos, wildcards)
-        if wildcard and int(info[0]) in _OTHER_FAMILY
-    } - present
+def _families_to_hold(infos: list[AddrInfo], wildcards: list[bool], v6only: bool) -> frozenset[int]:
+    """The families `_wildcard.protect` will hold for these listeners (some of them wildcards): those no
+    listener of the call covers, as `_wildcard.wildcard_families` says what a wildcard covers (a dual-stack
+    ``[::]`` both, ``::ffff:0.0.0.0`` IPv4 alone) and a specific address covers its own family."""
+    covered: set[int] = set()
+    for (family, _, _, _, sockaddr), wildcard in zip(infos, wildcards):
+        covered |= _wildcard.wildcard_families(family, sockaddr, v6only) if wildcard else {int(family)}
+    return frozenset(_wildcard._FAMILIES).difference(covered)
 
 
 def _hold_fits(port: int, family: int) -> bool:
