@@ -34,6 +34,7 @@ from typing import Literal
 __all__ = [
     "PROC_FILES",
     "TCP_STATES",
+    "WILDCARD_ADDRESSES",
     "OwnerScan",
     "ProcSocket",
     "decode_address",
@@ -43,6 +44,10 @@ __all__ = [
 ]
 
 Proto = Literal["tcp", "udp"]
+
+#: Every wildcard as the tables print it. An AF_INET6 socket bound to the IPv4-mapped ``::ffff:0.0.0.0``
+#: (dual-stack, the only way it binds) serves every IPv4 address as ``0.0.0.0`` does.
+WILDCARD_ADDRESSES = frozenset(("0.0.0.0", "::", "::ffff:0.0.0.0"))
 
 #: The table files, each with its protocol and address family.
 PROC_FILES: dict[str, tuple[Proto, int]] = {
@@ -105,8 +110,8 @@ class ProcSocket:
 
     @property
     def is_wildcard(self) -> bool:
-        """Bound to ``0.0.0.0`` or ``::`` (every address of its family)."""
-        return self.address in ("0.0.0.0", "::")
+        """Bound to a wildcard: ``0.0.0.0``, ``::`` or ``::ffff:0.0.0.0`` (`WILDCARD_ADDRESSES`)."""
+        return self.address in WILDCARD_ADDRESSES
 
     @property
     def is_listening(self) -> bool:

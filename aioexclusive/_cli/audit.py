@@ -43,7 +43,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from .._binding import bound_device
-from .._procnet import ProcSocket, read_sockets, socket_owners
+from .._procnet import WILDCARD_ADDRESSES, ProcSocket, read_sockets, socket_owners
 from .term import Out
 
 __all__ = [
@@ -63,16 +63,13 @@ _RANK: dict[str, int] = {"shareable": 0, "unknown": 1, "shared by design": 2, "e
 
 NO_PERMISSION = "unknown (no permission)"
 
-# Every wildcard spelling /proc/net shows: an AF_INET6 socket bound to the
-# IPv4-mapped wildcard ``::ffff:0.0.0.0`` (dual-stack, IPV6_V6ONLY=0) serves
-# every IPv4 address exactly like 0.0.0.0 and conflicts like it (red team 4, F1).
-MAPPED_ANY = "::ffff:0.0.0.0"
-_WILDCARDS = frozenset(("0.0.0.0", "::", MAPPED_ANY))
-
-
 def is_any(address: str) -> bool:
-    """Is *address* (as /proc/net lists it) a wildcard: ``0.0.0.0``, ``::`` or the IPv4-mapped ``::ffff:0.0.0.0``?"""
-    return address in _WILDCARDS
+    """Is *address* (as /proc/net lists it) a wildcard: ``0.0.0.0``, ``::`` or the IPv4-mapped ``::ffff:0.0.0.0``?
+
+    An AF_INET6 socket bound to ``::ffff:0.0.0.0`` (dual-stack, IPV6_V6ONLY=0)
+    serves every IPv4 address exactly like 0.0.0.0 and conflicts like it (red team 4, F1).
+    """
+    return address in WILDCARD_ADDRESSES
 
 
 def _ipv4_side(family: int, address: str) -> bool:
