@@ -71,7 +71,7 @@ from collections.abc import Callable, Iterable, Iterator
 from contextvars import ContextVar
 from dataclasses import dataclass, field
 from types import FrameType
-from typing import Any, Literal, Union
+from typing import Any, Literal, TypeVar, Union
 
 from . import _guard_holds
 from ._errors import ExclusivityError, ExclusivityWarning
@@ -89,6 +89,7 @@ from ._wildcard import HOLDS_WILDCARDS
 
 __all__ = ["ENV_ALLOW", "ENV_VAR", "MODES", "GuardMode", "activate_from_environment", "current_mode", "exempt", "guard"]
 
+_T = TypeVar("_T")
 GuardMode = Literal["warn", "raise", "enforce", "off"]
 MODES: tuple[GuardMode, ...] = ("warn", "raise", "enforce", "off")
 ENV_VAR = "AIOEXCLUSIVE_GUARD"
@@ -705,20 +706,27 @@ def _late_device(sock: Any, option: int, value: Any) -> None:
     device = _device_named(option, value)
     if not device:
         return  # unreadable (the call fails on its own), or unbinding from the interface
-    _local.busy = True
-    try:
-        refusal = _guard_holds.device_refusal(sock, _state.mode, device, listening_only=True)
-    except Exception:  # noqa: BLE001 - as in _hook: our trouble must not break someone's setsockopt
-        refusal = None
-    finally:
-        _local.busy = False
+    refusal = _judged(_guard_holds.device_refusal, sock, _state.mode, device, listening_only=True)
     if refusal is None:
         return
     if _state.mode == "raise":
         raise refusal
     caller = sys._getframe(3)  # _late_device <- _late_option <- setsockopt wrapper <- its caller
     cannot = "" if _state.mode == "warn" else "; guard('enforce') cannot fix this and lets it be set"
-    _warn(f"{refusal}{cannot}", _origin(caller), f"refused setsockopt(SO_BINDTODEVICE): {refusal}")
+    name = "SO_BINDTOIFINDEX" if option == _SO_BINDTOIFINDEX else "SO_BINDTODEVICE"
+    _warn(f"{refusal}{cannot}", _origin(caller), f"refused setsockopt({name}): {refusal}")
+
+
+def _judged(judge: Callable[..., _T], *args: Any, **kwargs: Any) -> _T | None:
+    """One of `_guard_holds`' judgements, run with this thread's busy flag up (the sockets it opens and
+    reads are not judged in turn); our trouble, as in _hook, must not break the program's call: None."""
+    _local.busy = True
+    try:
+        return judge(*args, **kwargs)
+    except Exception:  # noqa: BLE001
+        return None
+    finally:
+        _local.busy = False
 
 
 def _adopt_if_listening(sock: Any) -> None:
@@ -731,13 +739,7 @@ def _adopt_if_listening(sock: Any) -> None:
     """
     if getattr(_local, "busy", False) or _EXEMPT.get():
         return
-    _local.busy = True
-    try:
-        problem = _guard_holds.on_listening(sock, _state.mode)
-    except Exception:  # noqa: BLE001 - as in _hook: our trouble must not break someone's setsockopt
-        problem = None
-    finally:
-        _local.busy = False
+    problem = _judged(_guard_holds.on_listening, sock, _state.mode)
     if problem is not None:
         refusal = f"refused setsockopt() on a {problem}"
         if _state.mode == "raise":
