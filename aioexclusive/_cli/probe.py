@@ -12,7 +12,8 @@ service of either family: a priming ``SO_REUSEPORT`` bind (alone, and with
 family's wildcard, closed, then a dual-stack ``[::]`` bind with ``SO_REUSEPORT``; a specific
 address served by a wildcard listener (nothing listens on the address itself) gets the wildcard's
 attempts too; and a prime bound to another network interface, which only passes next to a listener
-bound to one interface (`_device_plans`; "unknown", exit 2, when it cannot be tried). The final "Fix:" line names
+bound to one interface (`_device_plans`; a note when no other interface exists, so nobody here can
+perform it; "unknown", exit 2, when binding to one fails for another reason). The final "Fix:" line names
 what helps for the program that holds the port (gRPC, granian, gunicorn, ...),
 found through psutil or ``/proc``. Every socket is closed as soon as its answer is known.
 
@@ -343,7 +344,7 @@ def _serving_wildcards(proto: str, address: str, port: int) -> list[str]:
         row_v4 = _ipv4_of(row.address)
         if (v4 is not None and row_v4 == v4) or (v4 is None and ipaddress.ip_address(row.address) == wanted):
             return []  # a listener on the address itself serves it
-        if not _is_wildcard(row.address):
+        if not row.is_wildcard:
             continue
         # 0.0.0.0 and ::ffff:0.0.0.0 serve IPv4; [::] serves IPv6, and IPv4 too when dual-stack (the
         # two-step attempts on it are refused if it is: nothing is claimed that is not tried).
@@ -589,7 +590,8 @@ def probe(host: str, port: int, *, udp: bool = False, users: list[str] | None = 
         owners = [_describe_process(h.pid, h.uid) for h in holders]
     identities = _identities(users, holder_uids)
     attempts: list[Attempt] = []
-    unknown: list[str] = []
+    # (address, why) for each device-bound takeover an identity could not try.
+    untried: list[tuple[str, str]] = []
     notes: list[str] = []
     plans_of: dict[str, list[_Plan]] = {}
     for address in targets:
@@ -632,8 +634,8 @@ def probe(host: str, port: int, *, udp: bool = False, users: list[str] | None = 
                             f"the device-bound takeover of {address} could not be tried as {identity.label}: "
                             f"binding to interface {plan.prime_device} failed ({r['error']})"
                         )
-                        if why not in unknown:
-                            unknown.append(why)
+                        if (address, why) not in untried:
+                            untried.append((address, why))
                     attempts.append(
                         Attempt(
                             user=identity.label,
@@ -666,7 +668,7 @@ def probe(host: str, port: int, *, udp: bool = False, users: list[str] | None = 
         if a.prime_device is not None and (a.failed_at != "prime" or a.error == "EADDRINUSE")
     }
     # An identity that could bind to some interface answered the question: drop what another could not.
-    unknown = [u for u in unknown if not any(u.startswith(f"the device-bound takeover of {t} ") for t in device_tried)]
+    unknown = [why for address, why in untried if address not in device_tried]
     return {
         "host": host,
         "port": port,
