@@ -17,7 +17,7 @@ import os
 import socket
 import sys
 import warnings
-from collections.abc import Iterable, Iterator, Sequence, Set
+from collections.abc import Callable, Iterable, Iterator, Sequence, Set
 from typing import Any
 
 from . import _wildcard
@@ -355,7 +355,7 @@ def audit_socket(sock: Any, plan: BindPlan) -> None:
             address = None
         audit_socket_options(plan, read_sharing_options(view), address=address)
         if plan.role is Role.TCP_LISTENER:
-            device = bound_device(view)
+            device = bound_device(view.getsockopt)
             if device:
                 raise device_bound_refusal(f"the socket given as sock= ({address})", device)
             if _ON_LINUX and "SO_REUSEPORT" in plan.never and _joinable_by_this_user(view, address):
@@ -565,12 +565,17 @@ def _link_local_scope(sockaddr: Any) -> int:
     return int(sockaddr[3]) if high & 0xFFC0 == 0xFE80 else 0
 
 
-def bound_device(view: Any) -> str:
-    """The interface *view*'s socket is bound to (``SO_BINDTODEVICE``, or a link-local scope), or ``""``."""
+def bound_device(getsockopt: Callable[[int, int, int], Any]) -> str:
+    """The interface a socket is bound to (``SO_BINDTODEVICE``, or a link-local scope), or ``""``.
+
+    *getsockopt* is the socket's ``getsockopt(level, option, buflen)`` as the
+    caller can trust it: a C-level view's, the C function on a socket that may
+    be a subclass, or libc's on a bare duplicate.
+    """
     if not _ON_LINUX:
         return ""
     try:
-        name = view.getsockopt(socket.SOL_SOCKET, _SO_BINDTODEVICE, _IFNAMSIZ)
+        name = getsockopt(socket.SOL_SOCKET, _SO_BINDTODEVICE, _IFNAMSIZ)
     except (OSError, TypeError):
         return ""
     return bytes(name).split(b"\0", 1)[0].decode("ascii", "replace")

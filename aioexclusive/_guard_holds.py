@@ -50,6 +50,7 @@ from __future__ import annotations
 
 import _socket
 import errno
+import functools
 import os
 import socket
 import sys
@@ -378,18 +379,6 @@ def on_listen(sock: Any, mode: str) -> str | None:
     return None
 
 
-class _View:
-    """What `_binding.bound_device` reads, through the C-level ``getsockopt`` (a subclass cannot lie to it)."""
-
-    __slots__ = ("sock",)
-
-    def __init__(self, sock: Any) -> None:
-        self.sock = sock
-
-    def getsockopt(self, *args: Any) -> Any:
-        return _getsockopt(self.sock, *args)
-
-
 # Device-bound listeners already reported in this process (a second listen(),
 # asyncio's create_server(sock=...), says nothing new).
 _device_reported: weakref.WeakSet[Any] = weakref.WeakSet()
@@ -417,7 +406,8 @@ def device_refusal(
     from ._binding import bound_device, device_bound_refusal
 
     # SO_BINDTODEVICE, or the interface a link-local address's scope id bound it to (the kernel reports both).
-    device = device or bound_device(_View(sock))
+    # The C-level getsockopt: a subclass cannot lie to it.
+    device = device or bound_device(functools.partial(_getsockopt, sock))
     if not device or (mode != "raise" and sock in _device_reported):
         return None
     try:

@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import ctypes
 import errno
+import functools
 import ipaddress
 import json
 import os
@@ -62,6 +63,7 @@ Verdict = Literal["exclusive", "shareable", "shared by design", "unknown"]
 _RANK: dict[str, int] = {"shareable": 0, "unknown": 1, "shared by design": 2, "exclusive": 3}
 
 NO_PERMISSION = "unknown (no permission)"
+
 
 def is_any(address: str) -> bool:
     """Is *address* (as /proc/net lists it) a wildcard: ``0.0.0.0``, ``::`` or the IPv4-mapped ``::ffff:0.0.0.0``?
@@ -262,7 +264,7 @@ def verdict(obs: Observed, ports: PortMap, *, user: str, coverage_known: bool = 
     reason = "TCP listener without SO_REUSEPORT"
     if options.get("SO_REUSEADDR"):
         reason += "; SO_REUSEADDR only allows restarts over TIME_WAIT"
-    if is_any(sock.address) and (_ipv4_side(sock.family, sock.address) or options.get("IPV6_V6ONLY")):
+    if sock.is_wildcard and (_ipv4_side(sock.family, sock.address) or options.get("IPV6_V6ONLY")):
         reason += "; the other family is bound on this port too, which closes the bind fast path"
     return Finding("exclusive", "nobody else", reason)
 
@@ -304,7 +306,7 @@ def _fast_path_gap(
     ``SO_REUSEPORT`` socket of another user on the port is one (it keeps the
     bucket in fast-reuse state for that user), whatever else is there.
     """
-    if not is_any(sock.address):
+    if not sock.is_wildcard:
         return None
     # ::ffff:0.0.0.0 is AF_INET6 with IPV6_V6ONLY=0 but serves IPv4 only: an IPv4 wildcard.
     ipv4_only = _ipv4_side(sock.family, sock.address)
@@ -492,16 +494,6 @@ class _Libc:
         return None
 
 
-class _FdView:
-    """``getsockopt`` on a bare duplicate, shaped as `aioexclusive._binding.bound_device` reads a socket."""
-
-    def __init__(self, libc: _Libc, fd: int) -> None:
-        self._libc, self._fd = libc, fd
-
-    def getsockopt(self, level: int, option: int, size: int) -> bytes:
-        return self._libc.getsockopt_bytes(self._fd, level, option, size)
-
-
 class Reader:
     """Duplicates sockets out of their holders (one pidfd per process) and reads their options."""
 
@@ -607,7 +599,7 @@ class Reader:
         # bound to a link-local address with a scope id reads that interface too.
         assert self._libc is not None
         if kind == socket.SOCK_STREAM:
-            device = bound_device(_FdView(self._libc, dup))
+            device = bound_device(functools.partial(self._libc.getsockopt_bytes, dup))
             if device:
                 self.devices[inode] = device
 
@@ -890,7 +882,7 @@ def _needs_cover(obs: Observed, ports: PortMap) -> bool:
     sock = obs.sock
     return (
         sock.proto == "tcp"
-        and is_any(sock.address)
+        and sock.is_wildcard
         and obs.options is not None
         and _fast_path_gap(sock, obs.options, ports, frozenset(p for p, _ in obs.holders)) is not None
     )
@@ -905,7 +897,7 @@ def _read_port_sockets(
 ) -> None:
     """Fill in the options of the listed sockets sharing a port with a TCP wildcard listener under audit."""
     known = {obs.sock.inode: obs.options for obs in observed if obs.sock.proto == "tcp"}
-    ports = {obs.sock.port for obs in observed if obs.sock.proto == "tcp" and is_any(obs.sock.address)}
+    ports = {obs.sock.port for obs in observed if obs.sock.proto == "tcp" and obs.sock.is_wildcard}
     for sock, entry in entries:
         if sock.port not in ports:
             continue
