@@ -511,6 +511,26 @@ class FastPathAttacker:
         self.close()
 
 
+def connections_reaching(service: socket.socket, host: str, n: int, scope: int = 0) -> int:
+    """Connect *n* times to *host* (a literal; *scope* for a link-local one) on *service*'s port from CPU 0
+    (the attackers' ``SO_INCOMING_CPU``); how many did *service* itself get?"""
+    port = service.getsockname()[1]
+    with on_cpu_0():
+        clients = []
+        for _ in range(n):
+            client = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
+            client.settimeout(5)
+            client.connect((host, port, 0, scope) if scope else (host, port))
+            clients.append(client)
+    service.setblocking(False)
+    try:
+        return accept_waiting(service)
+    finally:
+        service.setblocking(True)
+        for client in clients:
+            client.close()
+
+
 def take_from_another_interface(
     port: int,
     prime_host: str,

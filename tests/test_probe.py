@@ -19,7 +19,7 @@ from contextlib import contextmanager
 from typing import Any
 
 import pytest
-from attacker import NOBODY, FastPathAttacker, accept_waiting, become_stranger, on_cpu_0
+from attacker import NOBODY, FastPathAttacker, become_stranger, connections_reaching
 from harness import IS_ROOT, needs_ipv6, port_free_on_both_families
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="Linux kernel rules and /proc")
@@ -60,20 +60,6 @@ def attacker(port: int, uid: int | None, **how: Any) -> Iterator[tuple[str, Call
         yield thief.line(), thief.count
 
 
-def _connections_to(service: socket.socket, host: str, n: int) -> int:
-    """Connect *n* times to *host* from CPU 0 (loopback handles the SYN there); how many did *service* get?"""
-    port = service.getsockname()[1]
-    with on_cpu_0():
-        clients = [socket.create_connection((host, port), timeout=5) for _ in range(n)]
-    service.setblocking(False)
-    try:
-        return accept_waiting(service)
-    finally:
-        service.setblocking(True)
-        for client in clients:
-            client.close()
-
-
 # -- 14.1: the IPv6 wildcard and the kernel fast path -------------------------------------
 
 
@@ -91,11 +77,11 @@ def test_v6only_wildcard_listener_is_found_shareable_by_the_fast_path() -> None:
         if IS_ROOT:
             assert any(a["uid"] == NOBODY for a in primed), "another user can do it too"
         # The probe took nothing: every connection still reaches the service.
-        assert _connections_to(service, "::1", 10) == 10
+        assert connections_reaching(service, "::1", 10) == 10
         # ...and its finding is real: the attacker it describes takes connections.
         with attacker(port, NOBODY if IS_ROOT else None) as (status, count):
             assert status == "ok"
-            got = _connections_to(service, "::1", 20)
+            got = connections_reaching(service, "::1", 20)
             stolen = count()
         assert stolen > 0 and got + stolen == 20, (got, stolen)
     finally:
@@ -115,7 +101,7 @@ def test_v6only_wildcard_with_its_ipv4_side_held_is_exclusive() -> None:
         assert any(a["failed_at"] == "prime" for a in report["attempts"])
         with attacker(port, NOBODY if IS_ROOT else None) as (status, _):
             assert status.startswith("refused"), status
-        assert _connections_to(service, "::1", 10) == 10
+        assert connections_reaching(service, "::1", 10) == 10
     finally:
         for sock in sockets:
             sock.close()
@@ -147,13 +133,13 @@ def test_ipv4_wildcard_listener_against_the_fast_path(hold_ipv6: bool) -> None:
     port = service.getsockname()[1]
     try:
         code, report = probe_cli("0.0.0.0", str(port))
-        assert _connections_to(service, "127.0.0.1", 10) == 10
+        assert connections_reaching(service, "127.0.0.1", 10) == 10
         with attacker(port, NOBODY if IS_ROOT else None, prime_at="::", bindtodevice=True) as (status, count):
             if hold_ipv6:
                 assert status.startswith("refused"), status
             else:
                 assert status == "ok", status
-                got = _connections_to(service, "127.0.0.1", 20)
+                got = connections_reaching(service, "127.0.0.1", 20)
                 stolen = count()
                 # The control: the attack is real (the thief wins on CPU 0).
                 assert stolen > 0 and got + stolen == 20, (got, stolen)
@@ -201,7 +187,7 @@ def test_prime_with_reuseaddr_gets_past_time_wait() -> None:
             assert status.startswith("refused"), status  # the control: without SO_REUSEADDR the prime fails
         with attacker(port, uid, prime_at="::", prime_reuseaddr=True, bindtodevice=True) as (status, count):
             assert status == "ok", status
-            got = _connections_to(service, "127.0.0.1", 20)
+            got = connections_reaching(service, "127.0.0.1", 20)
             stolen = count()
         assert stolen > 0 and got + stolen == 20, (got, stolen)
     finally:
@@ -215,7 +201,7 @@ def test_prime_with_reuseaddr_gets_past_time_wait() -> None:
         primed = [a for a in report["attempts"] if a["co_bound"] and a["primed_with"]]
         assert primed and all(a["prime_options"] == ["SO_REUSEADDR", "SO_REUSEPORT"] for a in primed), primed
         assert any(a["failed_at"] == "prime" and a["prime_options"] == ["SO_REUSEPORT"] for a in report["attempts"])
-        assert _connections_to(service, "127.0.0.1", 10) == 10
+        assert connections_reaching(service, "127.0.0.1", 10) == 10
     finally:
         service.close()
 

@@ -34,8 +34,8 @@ from attacker import (  # noqa: E402
     FastPathAttacker,
     accept_waiting,
     become_stranger,
+    connections_reaching,
     fork_stranger,
-    on_cpu_0,
 )
 from harness import IS_ROOT, needs_ipv6, port_free_on_both_families, require_own_netns, run_in_own_netns  # noqa: E402
 
@@ -57,25 +57,6 @@ def _probe(*args: str, env: dict[str, str] | None = None) -> tuple[int, dict[str
     result = subprocess.run(command, capture_output=True, text=True, timeout=120, cwd=ROOT, env=env)
     assert result.stdout, result.stderr
     return result.returncode, json.loads(result.stdout)
-
-
-def _connections_to(service: socket.socket, host: str, n: int, scope: int = 0) -> int:
-    """Connect *n* times to *host* from CPU 0 (the attackers' SO_INCOMING_CPU); how many did *service* get?"""
-    port = service.getsockname()[1]
-    with on_cpu_0():
-        clients = []
-        for _ in range(n):
-            client = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
-            client.settimeout(5)
-            client.connect((host, port, 0, scope) if scope else (host, port))
-            clients.append(client)
-    service.setblocking(False)
-    try:
-        return accept_waiting(service)
-    finally:
-        service.setblocking(True)
-        for client in clients:
-            client.close()
 
 
 @contextmanager
@@ -109,7 +90,7 @@ def test_audit_mapped_ipv4_wildcard_is_judged_as_0_0_0_0(hold: bool) -> None:
             with FastPathAttacker(port, STRANGER, prime_at="::", bindtodevice=True) as thief:
                 status = thief.line()
                 if status == "ok":
-                    got = _connections_to(service, "127.0.0.1", 20)
+                    got = connections_reaching(service, "127.0.0.1", 20)
                     stolen = thief.count()
         finally:
             held.close()
@@ -131,7 +112,7 @@ def test_probe_binds_the_mapped_ipv4_wildcard_and_finds_the_fast_path() -> None:
         assert code == 1, report
         assert report["kernel_fast_path"] and report["addresses"] == ["::ffff:0.0.0.0"], report
         # The probe took nothing.
-        assert _connections_to(service, "127.0.0.1", 5) == 5
+        assert connections_reaching(service, "127.0.0.1", 5) == 5
 
 
 # -- F5: a specific address served by a wildcard listener ------------------------------------------
@@ -159,11 +140,11 @@ def test_probe_of_a_specific_address_attacks_the_wildcard_that_serves_it(
         assert code == 1, report
         assert report["kernel_fast_path"], report["findings"]
         assert any(host in wildcards for wildcards in report["served_by"].values()), report["served_by"]
-        assert _connections_to(service, victim, 5) == 5
+        assert connections_reaching(service, victim, 5) == 5
         # The finding is real: the two-step attacker takes the connections sent to the probed address.
         with FastPathAttacker(port, STRANGER, prime_at=prime_at, bindtodevice=victim == "127.0.0.1") as thief:
             assert thief.line() == "ok"
-            got = _connections_to(service, victim, 20)
+            got = connections_reaching(service, victim, 20)
             stolen = thief.count()
     assert stolen > 0 and got + stolen == 20, (got, stolen)
 
@@ -179,7 +160,7 @@ def test_probe_of_a_specific_address_under_a_held_wildcard_stays_exclusive() -> 
         assert report["served_by"] == {"127.0.0.1": ["0.0.0.0"]}
         with FastPathAttacker(port, STRANGER, prime_at="::", bindtodevice=True) as thief:
             assert thief.line().startswith("refused")
-        assert _connections_to(service, "127.0.0.1", 5) == 5
+        assert connections_reaching(service, "127.0.0.1", 5) == 5
 
 
 # -- F6: listeners bound to one interface, in a network namespace of the test's own ----------------
@@ -267,7 +248,7 @@ def _device_case(
             victim, scope = thief_at[0], thief_at[2] if len(thief_at) > 2 else 0
             if victim == "::":
                 victim = "::1"
-            got = _connections_to(service, victim, 20, scope)
+            got = connections_reaching(service, victim, 20, scope)
             stolen = thief.count()
     finally:
         thief.close()
@@ -443,7 +424,7 @@ def test_a_listener_built_as_the_plan_prints_it_is_not_stolen(follow_hold: bool)
         with FastPathAttacker(port, STRANGER, prime_at="::", bindtodevice=True) as thief:
             status = thief.line()
             if status == "ok":
-                got = _connections_to(service, "127.0.0.1", 20)
+                got = connections_reaching(service, "127.0.0.1", 20)
                 stolen = thief.count()
     finally:
         service.close()
