@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import os
 import sys
-from collections.abc import Coroutine
+from collections.abc import Coroutine, Iterable
 from typing import Any, TypeVar
 
 import pytest
@@ -165,3 +165,16 @@ def require_own_netns() -> None:
         raise SystemExit("refusing to run: not inside a network namespace of the test's own making")
     with open("/proc/sys/net/ipv4/ip_local_port_range", "w") as f:
         f.write(" ".join(map(str, OWN_NETNS_EPHEMERAL)))
+
+
+def end_processes(procs: Iterable[Any]) -> None:
+    """Kill what still runs of *procs* (``subprocess.Popen``), wait for each, and close its pipes: also for one
+    that exited by itself (a victim that failed to start), whose open pipes would fail a later test with a
+    ResourceWarning."""
+    for proc in procs:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait()
+        for pipe in (proc.stdin, proc.stdout, proc.stderr):
+            if pipe is not None:
+                pipe.close()

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import pytest
 from attacker import LOOPBACK, Attacker, BindResult
+from harness import end_processes
 
 pytestmark = [
     pytest.mark.skipif(not sys.platform.startswith("linux"), reason="Linux kernel behaviour: bind buckets"),
@@ -131,15 +132,8 @@ class Victim:
 def victims() -> Iterator[list[Victim]]:
     started: list[Victim] = []
     yield started
-    for victim in started:
-        if victim.proc.poll() is None:
-            victim.proc.kill()
-        victim.proc.wait()
-        # Also when it exited by itself (a victim that failed to start): pipes left open fail a
-        # later test with a ResourceWarning (CI: one failure here, another in test_holder).
-        for pipe in (victim.proc.stdin, victim.proc.stdout, victim.proc.stderr):
-            if pipe is not None:
-                pipe.close()
+    # CI: a victim that failed to start, its pipes left open, failed a test in test_holder after it.
+    end_processes(victim.proc for victim in started)
 
 
 def _victim(victims: list[Victim], kind: str, mode: str | None, port: int = 0) -> Victim:
