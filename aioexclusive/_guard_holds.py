@@ -183,7 +183,7 @@ def _foreign_holder(family: int, port: int) -> bool:
     over) cannot get its hold: rare, so reading the tables is affordable.
     Unreadable tables answer False, as before this was asked.
     """
-    from ._procnet import read_sockets
+    from ._procnet import WILDCARD_ADDRESSES, read_sockets
 
     try:
         rows = read_sockets(("tcp", "tcp6"), ports=[port])
@@ -192,7 +192,8 @@ def _foreign_holder(family: int, port: int) -> bool:
     # Root's are not another user's: a server that starts as root and drops its privileges (its hold was
     # made before) is one program; and root can do anything to the port anyway.
     mine = {os.geteuid(), 0}
-    wildcards = {"::"} | ({"0.0.0.0", "::ffff:0.0.0.0"} if family == _AF_INET else set())
+    # IPv4's side: every wildcard spelling (a dual-stack [::] and ::ffff:0.0.0.0 included); IPv6's: [::].
+    wildcards = WILDCARD_ADDRESSES if family == _AF_INET else {"::"}
     # Bound sockets without a peer (a hold is CLOSE, a listener LISTEN); a dual-stack [::] counts for both.
     return any(row.uid not in mine and row.address in wildcards and not row.connected for row in rows)
 
